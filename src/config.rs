@@ -1,0 +1,243 @@
+//! Typed settings, layered: built-in defaults → TOML file → `RUNG_*`
+//! environment variables → command-line flags. Checked once, at start.
+//!
+//! Nested keys take a double underscore in the environment:
+//! `limits.max_events_per_request` is `RUNG_LIMITS__MAX_EVENTS_PER_REQUEST`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The model path used when none is configured.
+pub const DEFAULT_MODEL_PATH: &str = "models/default.json";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    /// Address the gRPC server listens on.
+    pub listen: SocketAddr,
+    /// A taxonomy TOML file; unset means the built-in `config/taxonomy.toml`.
+    pub taxonomy: Option<PathBuf>,
+    /// The model artifact. When it is the default path and that file is
+    /// missing, the copy compiled into the binary is used, so `rung serve`
+    /// runs anywhere.
+    pub model: PathBuf,
+    pub log_format: LogFormat,
+    /// A tracing filter (`info`, `rung=debug,tower=warn`); RUST_LOG wins.
+    pub log_level: String,
+    pub scoring: ScoringSettings,
+    pub bands: Bands,
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ScoringSettings {
+    /// Reasons returned per score unless a request asks otherwise (1–10).
+    pub max_reasons: u32,
+    /// Skip (and count) events of unknown type instead of refusing the request.
+    pub ignore_unknown_types: bool,
+}
+
+/// Probability thresholds for the bands: below `medium` is low, at or above
+/// `high` is high.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bands {
+    pub medium: f64,
+    pub high: f64,
+}
+
+/// What one request may carry. Each bound keeps a single call's cost and
+/// memory predictable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_events_per_request: usize,
+    pub max_visitors_per_batch: usize,
+    pub max_visitor_id_bytes: usize,
+    pub max_item_id_bytes: usize,
+    pub max_event_id_bytes: usize,
+    pub max_type_bytes: usize,
+    pub max_attributes: usize,
+    pub max_attribute_bytes: usize,
+    /// How far past the server's clock an event time may lie (clock skew).
+    pub max_future_skew_secs: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            taxonomy: None,
+            model: PathBuf::from(DEFAULT_MODEL_PATH),
+            log_format: LogFormat::Human,
+            log_level: "info".into(),
+            scoring: ScoringSettings::default(),
+            bands: Bands::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for ScoringSettings {
+    fn default() -> Self {
+        ScoringSettings {
+            max_reasons: 5,
+            ignore_unknown_types: false,
+        }
+    }
+}
+
+impl Default for Bands {
+    fn default() -> Self {
+        // Purchases are a few percent of visits: a one-in-four chance is high.
+        Bands {
+            medium: 0.05,
+            high: 0.25,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_events_per_request: 10_000,
+            max_visitors_per_batch: 1_000,
+            max_visitor_id_bytes: 256,
+            max_item_id_bytes: 256,
+            max_event_id_bytes: 128,
+            max_type_bytes: 128,
+            max_attributes: 64,
+            max_attribute_bytes: 1024,
+            max_future_skew_secs: 300,
+        }
+    }
+}
+
+/// The most reasons a score can carry.
+pub const MAX_REASONS: u32 = 10;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("setting {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then `RUNG_*` variables; checked.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = file {
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        // RUNG_CONFIG names the file itself and is read by the command line.
+        figment = figment.merge(Env::prefixed("RUNG_").filter(|k| k != "config").split("__"));
+        let settings: Settings = figment.extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !(1..=MAX_REASONS).contains(&self.scoring.max_reasons) {
+            return invalid(
+                "scoring.max_reasons",
+                format!(
+                    "must be 1 to {MAX_REASONS}, got {}",
+                    self.scoring.max_reasons
+                ),
+            );
+        }
+        let b = &self.bands;
+        if !(b.medium.is_finite()
+            && b.high.is_finite()
+            && 0.0 < b.medium
+            && b.medium < b.high
+            && b.high <= 1.0)
+        {
+            return invalid(
+                "bands",
+                format!(
+                    "need 0 < medium < high <= 1, got medium {} and high {}",
+                    b.medium, b.high
+                ),
+            );
+        }
+        let l = &self.limits;
+        for (key, v) in [
+            ("limits.max_events_per_request", l.max_events_per_request),
+            ("limits.max_visitors_per_batch", l.max_visitors_per_batch),
+            ("limits.max_visitor_id_bytes", l.max_visitor_id_bytes),
+            ("limits.max_type_bytes", l.max_type_bytes),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Settings::default().validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "rung.toml",
+                "listen = \"127.0.0.1:7000\"\n[scoring]\nmax_reasons = 3\n",
+            )?;
+            jail.set_env("RUNG_SCORING__MAX_REASONS", "7");
+            jail.set_env("RUNG_LOG_FORMAT", "json");
+            let s = Settings::load(Some(Path::new("rung.toml"))).expect("loads");
+            assert_eq!(s.listen.port(), 7000);
+            assert_eq!(s.scoring.max_reasons, 7);
+            assert_eq!(s.log_format, LogFormat::Json);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused_naming_the_key() {
+        let mut s = Settings::default();
+        s.scoring.max_reasons = 11;
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("scoring.max_reasons"));
+        let mut s = Settings::default();
+        s.bands.high = 0.01;
+        assert!(s.validate().unwrap_err().to_string().contains("bands"));
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_refused() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("rung.toml", "lisen = \"127.0.0.1:7000\"\n")?;
+            let e = Settings::load(Some(Path::new("rung.toml"))).unwrap_err();
+            assert!(e.to_string().contains("lisen"), "{e}");
+            Ok(())
+        });
+    }
+}

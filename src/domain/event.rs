@@ -1,0 +1,60 @@
+//! A micro-conversion as scoring sees it: a resolved type, an instant, the
+//! item it concerns and a value. Trackers' raw names and ids are resolved at
+//! the edge so the scoring path never touches strings.
+
+use std::hash::{Hash, Hasher};
+
+use super::{Millis, TypeId};
+
+/// A hash of an item id: distinct-item features only need equality, and a
+/// u64 keeps the event `Copy` and the scoring path free of allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ItemKey(u64);
+
+impl ItemKey {
+    /// `None` for an empty id: "no item".
+    pub fn of(item_id: &str) -> Option<ItemKey> {
+        if item_id.is_empty() {
+            return None;
+        }
+        // SipHash with fixed keys: stable across processes, so a key computed
+        // at training time equals one computed by the server.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new();
+        item_id.hash(&mut h);
+        Some(ItemKey(h.finish()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event {
+    pub kind: TypeId,
+    pub at: Millis,
+    pub item: Option<ItemKey>,
+    /// Finite by construction at the edge.
+    pub value: f64,
+}
+
+impl Event {
+    pub fn new(kind: TypeId, at: Millis) -> Self {
+        Event {
+            kind,
+            at,
+            item: None,
+            value: 0.0,
+        }
+    }
+
+    pub fn with_item(mut self, item_id: &str) -> Self {
+        self.item = ItemKey::of(item_id);
+        self
+    }
+}
+
+/// Sorts by time, keeping arrival order among equal instants; cheap when the
+/// events already arrive in order, as they usually do.
+pub fn sort_by_time(events: &mut [Event]) {
+    if !events.is_sorted_by_key(|e| e.at) {
+        events.sort_by_key(|e| e.at);
+    }
+}

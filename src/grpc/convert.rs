@@ -1,0 +1,242 @@
+//! Protobuf messages ↔ domain types. Every check a request needs happens
+//! here, at the edge, and fails with the path of the offending field.
+
+use crate::config::{Limits, MAX_REASONS};
+use crate::domain::{Event, ItemKey, Millis, Stage, Taxonomy, VisitorId};
+use crate::engine::{Band, Reason, Score, ScoreQuery};
+
+use super::proto;
+use super::status::FieldError;
+
+/// What parsing a request needs to know besides the request.
+pub struct ParseContext<'a> {
+    pub taxonomy: &'a Taxonomy,
+    pub limits: &'a Limits,
+    pub default_reasons: u32,
+    pub ignore_unknown_types: bool,
+    /// The server's clock, read once per call: the default `as_of` and the
+    /// reference for the future-skew rule.
+    pub now: Millis,
+}
+
+pub fn timestamp(t: &prost_types::Timestamp) -> Result<Millis, crate::domain::time::TimeError> {
+    Millis::from_parts(t.seconds, t.nanos)
+}
+
+pub fn to_timestamp(m: Millis) -> prost_types::Timestamp {
+    let (seconds, nanos) = m.to_parts();
+    prost_types::Timestamp { seconds, nanos }
+}
+
+pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQuery, FieldError> {
+    let visitor = VisitorId::parse(req.visitor_id, cx.limits.max_visitor_id_bytes)
+        .map_err(|e| FieldError::new("visitor_id", e))?;
+    let as_of = match &req.as_of {
+        Some(t) => timestamp(t).map_err(|e| FieldError::new("as_of", e))?,
+        None => cx.now,
+    };
+    let max_reasons = match req.max_reasons {
+        0 => cx.default_reasons,
+        n if n <= MAX_REASONS => n,
+        n => {
+            return Err(FieldError::new(
+                "max_reasons",
+                format!("must be 0 (server default) to {MAX_REASONS}, got {n}"),
+            ))
+        }
+    };
+    if req.events.len() > cx.limits.max_events_per_request {
+        return Err(FieldError::new(
+            "events",
+            format!(
+                "{} events exceed the maximum of {} per visitor per request",
+                req.events.len(),
+                cx.limits.max_events_per_request
+            ),
+        ));
+    }
+    let latest_allowed = cx
+        .now
+        .saturating_add_millis((cx.limits.max_future_skew_secs as i64).saturating_mul(1000));
+    let mut events = Vec::with_capacity(req.events.len());
+    let mut ignored_unknown_type = 0u32;
+    for (i, e) in req.events.iter().enumerate() {
+        match event(e, cx, latest_allowed) {
+            Ok(Some(ev)) => events.push(ev),
+            Ok(None) => ignored_unknown_type += 1,
+            Err(err) => return Err(err.within(&format!("events[{i}]"))),
+        }
+    }
+    Ok(ScoreQuery {
+        visitor,
+        events,
+        as_of,
+        max_reasons: max_reasons as usize,
+        explain: req.explain,
+        ignored_unknown_type,
+    })
+}
+
+/// `Ok(None)`: an unknown type the server is configured to skip.
+fn event(
+    e: &proto::Event,
+    cx: &ParseContext,
+    latest_allowed: Millis,
+) -> Result<Option<Event>, FieldError> {
+    let l = cx.limits;
+    if e.r#type.is_empty() {
+        return Err(FieldError::new("type", "must not be empty"));
+    }
+    if e.r#type.len() > l.max_type_bytes {
+        return Err(FieldError::new(
+            "type",
+            format!(
+                "is {} bytes long; the maximum is {}",
+                e.r#type.len(),
+                l.max_type_bytes
+            ),
+        ));
+    }
+    let kind = match cx.taxonomy.resolve(&e.r#type) {
+        Some(k) => k,
+        None if cx.ignore_unknown_types => return Ok(None),
+        None => {
+            return Err(FieldError::new(
+                "type",
+                format!(
+                    "unknown event type {:?} (not a taxonomy type or alias)",
+                    e.r#type
+                ),
+            ))
+        }
+    };
+    let at = match &e.time {
+        None => return Err(FieldError::new("time", "is required")),
+        Some(t) => timestamp(t).map_err(|err| FieldError::new("time", err))?,
+    };
+    if at > latest_allowed {
+        return Err(FieldError::new(
+            "time",
+            format!(
+                "{} is more than {} s ahead of the server's clock ({})",
+                at.to_rfc3339(),
+                l.max_future_skew_secs,
+                cx.now.to_rfc3339()
+            ),
+        ));
+    }
+    if !e.value.is_finite() {
+        return Err(FieldError::new(
+            "value",
+            format!("must be finite, got {}", e.value),
+        ));
+    }
+    for (field, len, max) in [
+        ("item_id", e.item_id.len(), l.max_item_id_bytes),
+        ("event_id", e.event_id.len(), l.max_event_id_bytes),
+    ] {
+        if len > max {
+            return Err(FieldError::new(
+                field,
+                format!("is {len} bytes long; the maximum is {max}"),
+            ));
+        }
+    }
+    if e.attributes.len() > l.max_attributes {
+        return Err(FieldError::new(
+            "attributes",
+            format!(
+                "has {} entries; the maximum is {}",
+                e.attributes.len(),
+                l.max_attributes
+            ),
+        ));
+    }
+    if let Some((k, v)) = e
+        .attributes
+        .iter()
+        .find(|(k, v)| k.len() + v.len() > l.max_attribute_bytes)
+    {
+        return Err(FieldError::new(
+            format!("attributes[{k:?}]"),
+            format!(
+                "key and value are {} bytes; the maximum is {}",
+                k.len() + v.len(),
+                l.max_attribute_bytes
+            ),
+        ));
+    }
+    Ok(Some(Event {
+        kind,
+        at,
+        item: ItemKey::of(&e.item_id),
+        value: e.value,
+    }))
+}
+
+pub fn score_batch(
+    req: proto::ScoreBatchRequest,
+    cx: &ParseContext,
+) -> Result<Vec<ScoreQuery>, FieldError> {
+    if req.visitors.len() > cx.limits.max_visitors_per_batch {
+        return Err(FieldError::new(
+            "visitors",
+            format!(
+                "{} visitors exceed the maximum of {} per batch",
+                req.visitors.len(),
+                cx.limits.max_visitors_per_batch
+            ),
+        ));
+    }
+    req.visitors
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| score_query(v, cx).map_err(|e| e.within(&format!("visitors[{i}]"))))
+        .collect()
+}
+
+pub fn stage(s: Stage) -> proto::Stage {
+    match s {
+        Stage::Awareness => proto::Stage::Awareness,
+        Stage::Consideration => proto::Stage::Consideration,
+        Stage::Intent => proto::Stage::Intent,
+        Stage::Purchase => proto::Stage::Purchase,
+    }
+}
+
+fn band(b: Band) -> proto::Band {
+    match b {
+        Band::Low => proto::Band::Low,
+        Band::Medium => proto::Band::Medium,
+        Band::High => proto::Band::High,
+    }
+}
+
+fn reason(r: Reason) -> proto::Reason {
+    proto::Reason {
+        feature: r.feature,
+        contribution: r.contribution,
+        value: r.value,
+    }
+}
+
+pub fn score_response(s: Score) -> proto::ScoreResponse {
+    let ignored = s.ignored_after_as_of + s.ignored_unknown_type;
+    proto::ScoreResponse {
+        visitor_id: s.visitor.into_string(),
+        probability: s.probability,
+        ladder_points: s.ladder.points,
+        ladder_score: s.ladder.score,
+        rung: s.rung.unwrap_or_default(),
+        stage: stage(s.stage) as i32,
+        band: band(s.band) as i32,
+        reasons: s.reasons.into_iter().map(reason).collect(),
+        model_version: s.model_version,
+        ignored_events: ignored,
+        ignored_after_as_of: s.ignored_after_as_of,
+        ignored_unknown_type: s.ignored_unknown_type,
+        as_of: Some(to_timestamp(s.as_of)),
+        log_odds: s.log_odds,
+        features: s.features.into_iter().map(reason).collect(),
+    }
+}

@@ -1,0 +1,43 @@
+//! The one place errors become gRPC statuses. Clients get a short message;
+//! internal causes are logged with their chain.
+
+use std::fmt;
+
+use tonic::Status;
+
+/// A request field that failed validation: `field` is a path such as
+/// `visitors[2].events[5].time`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, reason: impl fmt::Display) -> Self {
+        FieldError {
+            field: field.into(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The same error inside an enclosing message: `events[1].time` becomes
+    /// `visitors[3].events[1].time`.
+    pub fn within(mut self, prefix: &str) -> Self {
+        self.field = format!("{prefix}.{}", self.field);
+        self
+    }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+impl From<FieldError> for Status {
+    fn from(e: FieldError) -> Status {
+        tracing::debug!(field = %e.field, reason = %e.reason, "invalid argument");
+        Status::invalid_argument(e.to_string())
+    }
+}

@@ -1,0 +1,24 @@
+//! rung: purchase-intent scoring from a visitor's micro-conversions.
+//!
+//! A map of the crate, from the edge inward:
+//! - [`grpc`]: the gRPC transport — handlers, proto ↔ domain conversions and
+//!   the error → Status table. No scoring logic lives there.
+//! - [`startup`]: loads taxonomy and model, binds, serves until stopped.
+//! - [`engine`]: the facade the transport calls; turns validated queries
+//!   into scores.
+//! - [`scoring`]: pure math — the one feature function, the weighted ladder,
+//!   the logistic model.
+//! - [`domain`]: validated types — time, visitor ids, events, the taxonomy.
+//! - [`training`] and [`simulator`]: the offline side — synthetic journeys
+//!   and fitting the logistic model with linfa.
+//! - [`config`] and [`telemetry`]: settings and logging, set up once.
+
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod grpc;
+pub mod scoring;
+pub mod simulator;
+pub mod startup;
+pub mod telemetry;
+pub mod training;

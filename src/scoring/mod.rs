@@ -1,0 +1,11 @@
+//! Pure scoring: the one pass over a visitor's events ([`features`]), the
+//! weighted ladder built on it ([`ladder`]) and the logistic model
+//! ([`model`]). No I/O, no clocks: everything takes `as_of` explicitly.
+
+pub mod features;
+pub mod ladder;
+pub mod model;
+
+pub use features::{feature_names, observe, Observation};
+pub use ladder::Ladder;
+pub use model::{Model, ModelArtifact, ModelError, Prediction};

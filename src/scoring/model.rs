@@ -1,0 +1,268 @@
+//! The logistic model: its JSON artifact and the checked, ready-to-score form.
+//!
+//! log-odds = intercept + Σ coefficientᵢ · (xᵢ − meanᵢ) / scaleᵢ. Each term is a
+//! feature's contribution relative to the average training visitor, so the
+//! terms plus the intercept add up to the log-odds exactly.
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::taxonomy::TypeSignature;
+use crate::domain::Taxonomy;
+
+use super::features::feature_names;
+
+/// The artifact format this build reads and writes.
+pub const FORMAT: &str = "rung.model.v1";
+
+/// A trained model as stored in `models/*.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelArtifact {
+    pub format: String,
+    /// Unique per artifact: creation time and a hash of the content.
+    pub version: String,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Where the model came from, in words.
+    pub description: String,
+    pub feature_names: Vec<String>,
+    /// Standardization: feature means and scales (standard deviations).
+    pub means: Vec<f64>,
+    pub scales: Vec<f64>,
+    /// Toward purchase: a positive coefficient raises the probability.
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
+    /// The label: a purchase within this many days after the cut-off.
+    pub horizon_days: f64,
+    pub taxonomy_fingerprint: String,
+    pub taxonomy: Vec<TypeSignature>,
+    pub training: TrainingInfo,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingInfo {
+    pub examples: usize,
+    pub positives: usize,
+    /// L2 strength as linfa-logistic takes it (scikit-learn's C = 1 / alpha).
+    pub alpha: f64,
+    pub max_iterations: u64,
+}
+
+/// Held-out figures for the model and for the ladder score alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    pub validation: Figures,
+    pub ladder_baseline: Figures,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Figures {
+    pub examples: usize,
+    pub positives: usize,
+    pub base_rate: f64,
+    /// Absent when the data has only one class.
+    pub roc_auc: Option<f64>,
+    /// Absent for the ladder baseline, whose score is not a probability.
+    pub log_loss: Option<f64>,
+    pub brier: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model file is not a valid artifact: {0}")]
+    Parse(#[from] serde_json::Error),
+    #[error("model artifact is malformed: {0}")]
+    Malformed(String),
+    #[error("model does not match the running taxonomy: {0}")]
+    Mismatch(String),
+}
+
+/// A checked model, with the standardization folded into the weights so a
+/// score costs one multiply-add per feature.
+#[derive(Debug, Clone)]
+pub struct Model {
+    version: String,
+    feature_names: Vec<String>,
+    means: Vec<f64>,
+    /// coefficientᵢ / scaleᵢ.
+    weights: Vec<f64>,
+    /// intercept − Σ weightᵢ · meanᵢ.
+    bias: f64,
+    intercept: f64,
+}
+
+/// The model's answer for one feature vector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    pub log_odds: f64,
+    pub probability: f64,
+}
+
+impl Model {
+    /// Parses and checks an artifact against the running taxonomy.
+    pub fn from_json(text: &str, taxonomy: &Taxonomy) -> Result<Model, ModelError> {
+        let artifact: ModelArtifact = serde_json::from_str(text)?;
+        Model::from_artifact(&artifact, taxonomy)
+    }
+
+    pub fn from_artifact(a: &ModelArtifact, taxonomy: &Taxonomy) -> Result<Model, ModelError> {
+        if a.format != FORMAT {
+            return Err(ModelError::Malformed(format!(
+                "format is {:?}; this build reads {FORMAT:?}",
+                a.format
+            )));
+        }
+        if a.version.is_empty() {
+            return Err(ModelError::Malformed("version is empty".into()));
+        }
+        let n = a.feature_names.len();
+        for (field, len) in [
+            ("means", a.means.len()),
+            ("scales", a.scales.len()),
+            ("coefficients", a.coefficients.len()),
+        ] {
+            if len != n {
+                return Err(ModelError::Malformed(format!(
+                    "{field} has {len} entries but there are {n} features"
+                )));
+            }
+        }
+        for (field, values) in [
+            ("means", &a.means),
+            ("scales", &a.scales),
+            ("coefficients", &a.coefficients),
+        ] {
+            if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+                return Err(ModelError::Malformed(format!(
+                    "{field}[{i}] ({}) is not a finite number",
+                    a.feature_names[i]
+                )));
+            }
+        }
+        if let Some(i) = a.scales.iter().position(|s| *s <= 0.0) {
+            return Err(ModelError::Malformed(format!(
+                "scales[{i}] ({}) must be positive",
+                a.feature_names[i]
+            )));
+        }
+        if !a.intercept.is_finite() {
+            return Err(ModelError::Malformed(
+                "intercept is not a finite number".into(),
+            ));
+        }
+        check_features(&a.feature_names, &feature_names(taxonomy))?;
+        if a.taxonomy_fingerprint != taxonomy.fingerprint() {
+            return Err(ModelError::Mismatch(describe_drift(a, taxonomy)));
+        }
+
+        let weights: Vec<f64> = a
+            .coefficients
+            .iter()
+            .zip(&a.scales)
+            .map(|(c, s)| c / s)
+            .collect();
+        let bias = a.intercept
+            - weights
+                .iter()
+                .zip(&a.means)
+                .map(|(w, m)| w * m)
+                .sum::<f64>();
+        Ok(Model {
+            version: a.version.clone(),
+            feature_names: a.feature_names.clone(),
+            means: a.means.clone(),
+            weights,
+            bias,
+            intercept: a.intercept,
+        })
+    }
+
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    pub fn feature_names(&self) -> &[String] {
+        &self.feature_names
+    }
+
+    pub fn intercept(&self) -> f64 {
+        self.intercept
+    }
+
+    /// `x` must be in [`Model::feature_names`] order.
+    #[inline]
+    pub fn predict(&self, x: &[f64]) -> Prediction {
+        debug_assert_eq!(x.len(), self.weights.len());
+        let log_odds = self.bias + self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f64>();
+        Prediction {
+            log_odds,
+            probability: sigmoid(log_odds),
+        }
+    }
+
+    /// Feature `i`'s share of the log-odds: coefficient · standardized value.
+    #[inline]
+    pub fn contribution(&self, i: usize, x: f64) -> f64 {
+        self.weights[i] * (x - self.means[i])
+    }
+}
+
+/// The logistic function, without overflow for large |z|.
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+fn check_features(model: &[String], running: &[String]) -> Result<(), ModelError> {
+    if let Some(i) = (0..model.len().min(running.len())).find(|&i| model[i] != running[i]) {
+        return Err(ModelError::Mismatch(format!(
+            "feature {i} is {:?} in the model but {:?} in the running taxonomy",
+            model[i], running[i]
+        )));
+    }
+    if model.len() != running.len() {
+        let (longer, which) = if model.len() > running.len() {
+            (model, "the model has extra features")
+        } else {
+            (running, "the running taxonomy has extra features")
+        };
+        let extra = &longer[model.len().min(running.len())..];
+        return Err(ModelError::Mismatch(format!(
+            "{which}: {}",
+            extra.join(", ")
+        )));
+    }
+    Ok(())
+}
+
+/// Names what differs between the taxonomy a model was trained on and the
+/// running one, for a fingerprint mismatch.
+fn describe_drift(a: &ModelArtifact, running: &Taxonomy) -> String {
+    let mut diffs = Vec::new();
+    for (old, new) in a.taxonomy.iter().zip(running.signature()) {
+        if old != new {
+            diffs.push(format!(
+                "type {:?}: trained with stage {}, milestone {}, points {}, half-life {:?} days, cap {}; \
+                 running has stage {}, milestone {}, points {}, half-life {:?} days, cap {}",
+                new.name, old.stage, old.milestone_rank, old.points, old.half_life_days, old.cap,
+                new.stage, new.milestone_rank, new.points, new.half_life_days, new.cap
+            ));
+        }
+    }
+    if diffs.is_empty() {
+        diffs.push(
+            "the ladder settings or roles differ (score_scale, session_gap_minutes, [roles])"
+                .to_string(),
+        );
+    }
+    format!(
+        "trained on taxonomy {}, running {}; retrain the model ({})",
+        a.taxonomy_fingerprint,
+        running.fingerprint(),
+        diffs.join("; ")
+    )
+}

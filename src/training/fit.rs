@@ -1,0 +1,122 @@
+//! Fitting the logistic model with linfa-logistic: standardize, fit,
+//! orient toward purchase.
+//!
+//! Two facts about linfa-logistic 0.8 shape this code (see the crate's
+//! `label_classes` and loss): its "positive" class is the *more frequent*
+//! label, which for purchases is "no purchase", so coefficients are flipped
+//! here when needed; and its loss is a plain sum over rows with an absolute
+//! gradient tolerance, so the tolerance is scaled by the number of rows.
+
+use linfa::prelude::*;
+use linfa_logistic::LogisticRegression;
+use ndarray::{Array1, Array2, Axis};
+
+use super::TrainError;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FitOptions {
+    /// L2 strength on the standardized coefficients (scikit-learn's C = 1/alpha).
+    pub alpha: f64,
+    pub max_iterations: u64,
+    /// Gradient tolerance per example; linfa's absolute tolerance is this × rows.
+    pub tolerance_per_row: f64,
+    /// Fewer positive examples than this is an error.
+    pub min_positives: usize,
+}
+
+impl Default for FitOptions {
+    fn default() -> Self {
+        FitOptions {
+            alpha: 1.0,
+            max_iterations: 200,
+            tolerance_per_row: 1e-5,
+            min_positives: 50,
+        }
+    }
+}
+
+/// A fitted model on the original feature scale's standardization.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fitted {
+    pub means: Vec<f64>,
+    pub scales: Vec<f64>,
+    /// On standardized features, pointing toward the positive label.
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
+}
+
+impl Fitted {
+    /// P(label) for one raw (unstandardized) row.
+    pub fn probability(&self, row: &[f64]) -> f64 {
+        let z = self.intercept
+            + row
+                .iter()
+                .zip(&self.means)
+                .zip(&self.scales)
+                .zip(&self.coefficients)
+                .map(|(((x, m), s), c)| c * (x - m) / s)
+                .sum::<f64>();
+        crate::scoring::model::sigmoid(z)
+    }
+}
+
+/// Column means and standard deviations; a constant column gets scale 1 so
+/// it standardizes to 0 instead of dividing by zero.
+pub fn standardization(x: &Array2<f64>) -> (Vec<f64>, Vec<f64>) {
+    let means = x.mean_axis(Axis(0)).map(|m| m.to_vec()).unwrap_or_default();
+    let scales = x
+        .std_axis(Axis(0), 0.0)
+        .iter()
+        .map(|&s| if s > 1e-12 { s } else { 1.0 })
+        .collect();
+    (means, scales)
+}
+
+pub fn fit(
+    x: &Array2<f64>,
+    y: &[bool],
+    names: &[String],
+    opts: &FitOptions,
+) -> Result<Fitted, TrainError> {
+    if let Some((row, col)) = x
+        .indexed_iter()
+        .find(|(_, v)| !v.is_finite())
+        .map(|(ix, _)| ix)
+    {
+        return Err(TrainError::NonFinite {
+            row,
+            feature: names.get(col).cloned().unwrap_or_default(),
+        });
+    }
+    let positives = y.iter().filter(|&&b| b).count();
+    if positives == 0 || positives == y.len() {
+        return Err(TrainError::OneClass);
+    }
+    if positives < opts.min_positives {
+        return Err(TrainError::TooFewPositives {
+            positives,
+            needed: opts.min_positives,
+        });
+    }
+    let (means, scales) = standardization(x);
+    let mut z = x.clone();
+    for (mut col, (m, s)) in z.axis_iter_mut(Axis(1)).zip(means.iter().zip(&scales)) {
+        col.mapv_inplace(|v| (v - m) / s);
+    }
+    let dataset = Dataset::new(z, Array1::from(y.to_vec()));
+    let model = LogisticRegression::default()
+        .alpha(opts.alpha)
+        .max_iterations(opts.max_iterations)
+        .gradient_tolerance(opts.tolerance_per_row * y.len() as f64)
+        .fit(&dataset)
+        .map_err(|e| TrainError::Solver(e.to_string()))?;
+    // linfa's probabilities are for its "positive" class: flip if that is
+    // not our `true`.
+    let sign = if model.labels().pos.class { 1.0 } else { -1.0 };
+    Ok(Fitted {
+        means,
+        scales,
+        coefficients: model.params().iter().map(|w| sign * w).collect(),
+        intercept: sign * model.intercept(),
+    })
+}
