@@ -21,6 +21,8 @@ pub struct Examples {
     /// The ladder score at the cut-off: the ladder-only baseline's predictor.
     pub ladder_score: Vec<f64>,
     pub cutoff: Vec<Millis>,
+    /// Index of the journey (visitor) each example comes from.
+    pub journey: Vec<usize>,
 }
 
 impl Examples {
@@ -44,6 +46,7 @@ impl Examples {
             y: rows.iter().map(|&i| self.y[i]).collect(),
             ladder_score: rows.iter().map(|&i| self.ladder_score[i]).collect(),
             cutoff: rows.iter().map(|&i| self.cutoff[i]).collect(),
+            journey: rows.iter().map(|&i| self.journey[i]).collect(),
         }
     }
 }
@@ -77,8 +80,9 @@ pub fn session_examples(
     let n_features = crate::scoring::feature_names(taxonomy).len();
     let purchase = taxonomy.roles().purchase;
     let mut data = Vec::new();
-    let (mut y, mut ladder_score, mut cutoff) = (Vec::new(), Vec::new(), Vec::new());
-    for j in journeys {
+    let (mut y, mut ladder_score, mut cutoff, mut journey) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (ji, j) in journeys.iter().enumerate() {
         let events = resolve_journey(taxonomy, j);
         for (n, &start) in j.session_starts.iter().enumerate() {
             let end = j
@@ -100,6 +104,7 @@ pub fn session_examples(
             y.push(label);
             ladder_score.push(obs.ladder.score);
             cutoff.push(as_of);
+            journey.push(ji);
         }
     }
     let rows = y.len();
@@ -110,5 +115,6 @@ pub fn session_examples(
         y,
         ladder_score,
         cutoff,
+        journey,
     }
 }

@@ -1,0 +1,111 @@
+//! Test helpers: the real server on an ephemeral port, and a real client.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use rung::config::Settings;
+use rung::grpc::proto::intent_service_client::IntentServiceClient;
+use rung::grpc::proto::{Event, ScoreRequest};
+use rung::startup::Application;
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub const AS_OF_SECS: i64 = 1_767_225_600; // 2026-01-01T00:00:00Z
+pub const HOUR: i64 = 3600;
+pub const DAY: i64 = 86_400;
+
+pub fn model_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.json")
+}
+
+/// Settings a test starts from: port 0, the repository's model.
+pub fn test_settings() -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        model: model_path(),
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: IntentServiceClient<Channel>,
+    pub channel: Channel,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestApp {
+    /// Stops the server and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings()).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let app = Application::build(&settings).await.expect("server builds");
+    let addr = app.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        app.run_until_stopped(async {
+            let _ = rx.await;
+        })
+        .await
+        .expect("server runs");
+    });
+    // The listener is bound before `build` returns, so connecting needs no wait.
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("client connects");
+    TestApp {
+        addr,
+        client: IntentServiceClient::new(channel.clone()),
+        channel,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+pub fn ts(secs: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
+}
+
+/// An event `ago_secs` before [`AS_OF_SECS`].
+pub fn ev(kind: &str, ago_secs: i64, item: &str) -> Event {
+    Event {
+        r#type: kind.into(),
+        time: Some(ts(AS_OF_SECS - ago_secs)),
+        item_id: item.into(),
+        ..Event::default()
+    }
+}
+
+pub fn request(visitor: &str, events: Vec<Event>) -> ScoreRequest {
+    ScoreRequest {
+        visitor_id: visitor.into(),
+        events,
+        as_of: Some(ts(AS_OF_SECS)),
+        ..ScoreRequest::default()
+    }
+}
+
+/// The model artifact as plain JSON, read independently of rung's types.
+pub fn artifact_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(model_path()).expect("models/default.json exists");
+    serde_json::from_str(&text).expect("artifact is JSON")
+}
