@@ -266,3 +266,101 @@ fn describe_drift(a: &ModelArtifact, running: &Taxonomy) -> String {
         diffs.join("; ")
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::taxonomy::DEFAULT_TAXONOMY_TOML;
+
+    fn shipped() -> ModelArtifact {
+        let text = include_str!("../../models/default.json");
+        serde_json::from_str(text).unwrap()
+    }
+
+    fn refusal(a: &ModelArtifact, t: &Taxonomy) -> String {
+        Model::from_artifact(a, t).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_shipped_model_loads_against_the_builtin_taxonomy() {
+        let m = Model::from_artifact(&shipped(), &Taxonomy::builtin()).unwrap();
+        assert_eq!(
+            m.feature_names().len(),
+            feature_names(&Taxonomy::builtin()).len()
+        );
+    }
+
+    #[test]
+    fn a_renamed_feature_is_refused_naming_it() {
+        let mut a = shipped();
+        a.feature_names[3] = "count.something_else".into();
+        let msg = refusal(&a, &Taxonomy::builtin());
+        assert!(
+            msg.contains("feature 3") && msg.contains("count.something_else"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_model_from_a_taxonomy_with_other_points_is_refused_naming_the_type() {
+        let changed = DEFAULT_TAXONOMY_TOML.replacen(
+            "name = \"add_to_cart\"\nstage = \"intent\"\npoints = 10.0",
+            "name = \"add_to_cart\"\nstage = \"intent\"\npoints = 12.0",
+            1,
+        );
+        assert_ne!(changed, DEFAULT_TAXONOMY_TOML);
+        let t = Taxonomy::from_toml(&changed).unwrap();
+        let msg = refusal(&shipped(), &t);
+        assert!(
+            msg.contains("\"add_to_cart\"") && msg.contains("points 10"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn a_taxonomy_with_an_extra_type_is_refused_naming_the_feature() {
+        let extra = format!(
+            "{DEFAULT_TAXONOMY_TOML}\n[[types]]\nname = \"zz_new\"\nstage = \"intent\"\npoints = 1.0\ncap = 1\n"
+        );
+        // The new type's count lands where the model expects milestone_rank.
+        let t = Taxonomy::from_toml(&extra).unwrap();
+        let msg = refusal(&shipped(), &t);
+        assert!(msg.contains("count.zz_new"), "{msg}");
+    }
+
+    #[test]
+    fn malformed_artifacts_are_refused() {
+        let t = Taxonomy::builtin();
+        let mut a = shipped();
+        a.scales[0] = 0.0;
+        assert!(refusal(&a, &t).contains("scales[0]"));
+        let mut a = shipped();
+        a.coefficients.pop();
+        assert!(refusal(&a, &t).contains("coefficients has"));
+        let mut a = shipped();
+        a.format = "rung.model.v0".into();
+        assert!(refusal(&a, &t).contains("format"));
+        assert!(Model::from_json("{\"format\":", &t).is_err());
+    }
+
+    #[test]
+    fn prediction_folds_standardization_into_the_weights() {
+        // One feature: z = 0.5 + 2 · (x − 1) / 4; at x = 3, z = 1.5.
+        let t = Taxonomy::builtin();
+        let mut m = Model::from_artifact(&shipped(), &t).unwrap();
+        m.weights = vec![2.0 / 4.0];
+        m.means = vec![1.0];
+        m.bias = 0.5 - 0.5 * 1.0;
+        let p = m.predict(&[3.0]);
+        assert!((p.log_odds - 1.5).abs() < 1e-12);
+        assert!((m.contribution(0, 3.0) - 1.0).abs() < 1e-12);
+        assert!((p.probability - 0.817_574_476_193_643_7).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sigmoid_is_stable_at_the_extremes() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert_eq!(sigmoid(1000.0), 1.0);
+    }
+}

@@ -120,3 +120,101 @@ pub fn fit(
         intercept: sign * model.intercept(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tests/data/logistic_reference.csv and scikit-learn 1.9.1's answer on
+    /// it, from tests/data/make_logistic_reference.py.
+    const SKLEARN_COEFFICIENTS: [f64; 3] =
+        [1.0299132368537278, -0.9211713798178645, 0.08717533152506918];
+    const SKLEARN_INTERCEPT: f64 = -2.4048110195337524;
+
+    fn reference_data() -> (Array2<f64>, Vec<bool>) {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/logistic_reference.csv"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut data = Vec::new();
+        let mut y = Vec::new();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split(',').collect();
+            data.extend(cols[..3].iter().map(|c| c.parse::<f64>().unwrap()));
+            y.push(cols[3] == "1");
+        }
+        (Array2::from_shape_vec((y.len(), 3), data).unwrap(), y)
+    }
+
+    #[test]
+    fn fit_matches_scikit_learn_and_points_toward_the_minority_class() {
+        // Arrange: 54 positives of 400, so linfa's own "positive" class is
+        // the majority and its raw coefficients point away from purchase.
+        let (x, y) = reference_data();
+        let names = vec!["x1".into(), "x2".into(), "x3".into()];
+        let opts = FitOptions {
+            alpha: 1.0,
+            max_iterations: 1000,
+            tolerance_per_row: 1e-10,
+            min_positives: 10,
+        };
+
+        // Act
+        let fitted = fit(&x, &y, &names, &opts).unwrap();
+
+        // Assert
+        for (got, want) in fitted.coefficients.iter().zip(SKLEARN_COEFFICIENTS) {
+            assert!((got - want).abs() < 1e-4, "{got} vs {want}");
+        }
+        assert!(
+            (fitted.intercept - SKLEARN_INTERCEPT).abs() < 1e-4,
+            "{}",
+            fitted.intercept
+        );
+    }
+
+    #[test]
+    fn too_few_positives_is_a_clear_error_that_suggests_the_ladder() {
+        let (x, y) = reference_data();
+        let names = vec!["x1".into(), "x2".into(), "x3".into()];
+        let opts = FitOptions {
+            min_positives: 60,
+            ..FitOptions::default()
+        };
+        let e = fit(&x, &y, &names, &opts).unwrap_err();
+        assert!(matches!(
+            e,
+            TrainError::TooFewPositives {
+                positives: 54,
+                needed: 60
+            }
+        ));
+        assert!(e.to_string().contains("ladder"), "{e}");
+    }
+
+    #[test]
+    fn one_class_and_non_finite_inputs_are_refused() {
+        let x = Array2::from_shape_vec((3, 1), vec![1.0, 2.0, 3.0]).unwrap();
+        let names = vec!["a".to_string()];
+        assert!(matches!(
+            fit(&x, &[false, false, false], &names, &FitOptions::default()),
+            Err(TrainError::OneClass)
+        ));
+        let x = Array2::from_shape_vec((3, 1), vec![1.0, f64::NAN, 3.0]).unwrap();
+        assert!(matches!(
+            fit(&x, &[true, false, false], &names, &FitOptions::default()),
+            Err(TrainError::NonFinite { row: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn constant_columns_standardize_to_zero() {
+        let x = Array2::from_shape_vec((3, 2), vec![5.0, 1.0, 5.0, 2.0, 5.0, 3.0]).unwrap();
+        let (means, scales) = standardization(&x);
+        assert_eq!(means, vec![5.0, 2.0]);
+        // Population standard deviation of 1, 2, 3 is sqrt(2/3).
+        assert_eq!(scales[0], 1.0);
+        assert!((scales[1] - (2.0f64 / 3.0).sqrt()).abs() < 1e-15);
+    }
+}
