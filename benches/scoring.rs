@@ -1,1 +1,111 @@
-fn main() {}
+//! Per-visitor scoring cost: the pure parts (features + ladder + model) and
+//! the engine call the gRPC handler makes, for visitors of 10, 50 and 500
+//! events. Run: cargo bench --bench scoring
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+use rung::config::Settings;
+use rung::domain::{Event, Millis, Taxonomy, VisitorId};
+use rung::engine::{Engine, ScoreQuery};
+use rung::scoring::{observe, Model};
+
+const AS_OF: i64 = 1_767_225_600_000;
+
+/// A visitor of `n` events over the last 30 days, drawn from the funnel's
+/// common types, sorted as the engine sorts them.
+fn visitor(taxonomy: &Taxonomy, n: usize, seed: u64) -> Vec<Event> {
+    let names = [
+        "page_view",
+        "page_view",
+        "view_item_list",
+        "view_item",
+        "view_item",
+        "view_item",
+        "search",
+        "filter_use",
+        "review_read",
+        "add_to_wishlist",
+        "add_to_cart",
+        "view_cart",
+        "remove_from_cart",
+        "begin_checkout",
+        "add_shipping_info",
+        "add_payment_info",
+        "purchase",
+    ];
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let mut events: Vec<Event> = (0..n)
+        .map(|_| {
+            let kind = taxonomy
+                .resolve(names[rng.gen_range(0..names.len())])
+                .unwrap();
+            let at = Millis::from_unix_millis(AS_OF - rng.gen_range(0..30 * 86_400_000));
+            Event::new(kind, at).with_item(&format!("item-{}", rng.gen_range(0..50)))
+        })
+        .collect();
+    events.sort_by_key(|e| e.at);
+    events
+}
+
+fn model(taxonomy: &Taxonomy) -> Model {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json"))
+        .expect("models/default.json");
+    Model::from_json(&text, taxonomy).expect("model loads")
+}
+
+fn pure_scoring(c: &mut Criterion) {
+    let taxonomy = Taxonomy::builtin();
+    let model = model(&taxonomy);
+    let as_of = Millis::from_unix_millis(AS_OF);
+    let mut group = c.benchmark_group("features+ladder+model");
+    for n in [10, 50, 500] {
+        let events = visitor(&taxonomy, n, n as u64);
+        group.bench_with_input(BenchmarkId::from_parameter(n), &events, |b, events| {
+            b.iter(|| {
+                let obs = observe(&taxonomy, black_box(events), as_of);
+                black_box(model.predict(&obs.features))
+            })
+        });
+    }
+    group.finish();
+}
+
+fn engine_score(c: &mut Criterion) {
+    let settings = Settings::default();
+    let taxonomy = Taxonomy::builtin();
+    let model = model(&taxonomy);
+    let engine = Engine::new(
+        Arc::new(taxonomy.clone()),
+        Arc::new(model),
+        settings.scoring.clone(),
+        settings.bands.clone(),
+        settings.limits.clone(),
+    );
+    let mut group = c.benchmark_group("engine.score (sort, reasons, result)");
+    for n in [10, 50, 500] {
+        let query = ScoreQuery {
+            visitor: VisitorId::parse("bench".into(), 256).unwrap(),
+            events: visitor(&taxonomy, n, n as u64),
+            as_of: Millis::from_unix_millis(AS_OF),
+            max_reasons: 5,
+            explain: false,
+            ignored_unknown_type: 0,
+        };
+        group.bench_with_input(BenchmarkId::from_parameter(n), &query, |b, q| {
+            b.iter_batched(
+                || q.clone(),
+                |q| black_box(engine.score(q)),
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pure_scoring, engine_score);
+criterion_main!(benches);

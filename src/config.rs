@@ -192,6 +192,8 @@ impl Settings {
 }
 
 #[cfg(test)]
+// figment::Jail's closures must return figment's own (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 
@@ -239,5 +241,35 @@ mod tests {
             assert!(e.to_string().contains("lisen"), "{e}");
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod example_file {
+    use super::*;
+
+    /// config/rung.example.toml documents every setting with its default;
+    /// this keeps it honest.
+    #[test]
+    fn the_example_settings_file_loads_and_equals_the_defaults() {
+        let text = include_str!("../config/rung.example.toml");
+        let from_file: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .unwrap();
+        assert_eq!(from_file, Settings::default());
+        let keys_documented = toml::from_str::<toml::Table>(text).unwrap();
+        let defaults = toml::Table::try_from(Settings::default()).unwrap();
+        for (key, value) in &defaults {
+            if let Some(section) = value.as_table() {
+                let documented = keys_documented[key].as_table().unwrap();
+                for k in section.keys() {
+                    assert!(
+                        documented.contains_key(k),
+                        "{key}.{k} is not in the example"
+                    );
+                }
+            }
+        }
     }
 }

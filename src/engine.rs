@@ -171,7 +171,15 @@ fn top_reasons(model: &Model, x: &[f64], k: usize) -> Vec<usize> {
         .map(|(i, &v)| (i, model.contribution(i, v).abs()))
         .filter(|(_, c)| *c > 0.0)
         .collect();
-    ranked.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    ranked.truncate(k);
+    let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    // Partition around the k-th before sorting: only the top k need order.
+    if k == 0 {
+        return Vec::new();
+    }
+    if k < ranked.len() {
+        ranked.select_nth_unstable_by(k - 1, order);
+        ranked.truncate(k);
+    }
+    ranked.sort_unstable_by(order);
     ranked.into_iter().map(|(i, _)| i).collect()
 }

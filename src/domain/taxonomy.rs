@@ -301,9 +301,9 @@ impl Taxonomy {
                 .ok_or_else(|| err(&entry, "the target must be a type name in quotes"))?;
             if by_name.contains_key(alias.as_str()) {
                 let reason = if types.iter().any(|t| &t.name == alias) {
-                    format!("collides with the type of the same name")
+                    "collides with the type of the same name".to_string()
                 } else {
-                    format!("collides with another alias")
+                    "collides with another alias".to_string()
                 };
                 return Err(err(&entry, reason));
             }
