@@ -187,6 +187,17 @@ impl Settings {
                 return invalid(key, "must be at least 1".into());
             }
         }
+        // Ten years: beyond that a "skew" is a misconfiguration, and the
+        // bound keeps the arithmetic on instants far from overflow.
+        if l.max_future_skew_secs > 10 * 365 * 86_400 {
+            return invalid(
+                "limits.max_future_skew_secs",
+                format!(
+                    "must be at most 315360000 (ten years), got {}",
+                    l.max_future_skew_secs
+                ),
+            );
+        }
         Ok(())
     }
 }
