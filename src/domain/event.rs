@@ -8,7 +8,10 @@ use super::{Millis, TypeId};
 
 /// A hash of an item id: distinct-item features only need equality, and a
 /// u64 keeps the event `Copy` and the scoring path free of allocation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct ItemKey(u64);
 
 impl ItemKey {

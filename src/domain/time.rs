@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Milliseconds since the Unix epoch. Within year 1 to 9999, like
 /// `google.protobuf.Timestamp`, so every conversion in and out is lossless
 /// apart from sub-millisecond precision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct Millis(i64);
 
 /// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59Z, the range a protobuf

@@ -6,8 +6,9 @@
 //! visitor-level features in [`VISITOR_FEATURES`] order. "log" means ln(1 + x).
 
 use crate::domain::time::MILLIS_PER_HOUR;
-use crate::domain::{Event, Millis, Stage, Taxonomy};
+use crate::domain::{Event, Millis, Taxonomy};
 
+use super::aggregate::Aggregate;
 use super::ladder::{self, Ladder};
 
 /// Names of the features after the per-type counts, in vector order.
@@ -39,7 +40,7 @@ pub fn feature_names(taxonomy: &Taxonomy) -> Vec<String> {
         .collect()
 }
 
-/// What one pass over a visitor's events yields.
+/// What observing a visitor yields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Observation {
     pub ladder: Ladder,
@@ -52,61 +53,31 @@ pub struct Observation {
 /// Observes a visitor at `as_of`. `events` must be sorted by time
 /// ([`crate::domain::event::sort_by_time`]); events later than `as_of` had
 /// not happened yet at that moment and are left out.
+///
+/// It folds the events into an [`Aggregate`] anchored at `as_of` and reads
+/// the features off it: the same code that serves stored visitors.
 pub fn observe(taxonomy: &Taxonomy, events: &[Event], as_of: Millis) -> Observation {
     debug_assert!(events.is_sorted_by_key(|e| e.at));
     let counted = events.partition_point(|e| e.at <= as_of);
-    let events = &events[..counted];
+    let mut aggregate = Aggregate::new(taxonomy, as_of);
+    for e in &events[..counted] {
+        aggregate.apply(taxonomy, e);
+    }
+    let mut obs = aggregate.observe(taxonomy, as_of);
+    obs.counted = counted;
+    obs
+}
+
+/// Reads the feature vector and the ladder off an aggregate. The aggregate
+/// must hold no event later than `as_of`.
+pub(crate) fn from_aggregate(taxonomy: &Taxonomy, a: &Aggregate, as_of: Millis) -> Observation {
     let n_types = taxonomy.len();
     let roles = taxonomy.roles();
     let gap = taxonomy.session_gap_ms();
-
-    // Per-type decayed counts live in the front of the feature vector until
-    // they are capped and log-scaled at the end.
     let mut features = vec![0.0; n_types + VISITOR_FEATURES.len()];
-    let mut highest_milestone = 0u8;
-    let mut stage = Stage::Awareness;
-    let mut last_milestone: Option<Millis> = None;
-    let mut sessions = 0u32;
-    let mut in_session = 0u32;
-    let mut prev: Option<Millis> = None;
-    let (mut cart_adds, mut cart_removes, mut purchases) = (0u32, 0u32, 0u32);
-    let mut items: Vec<crate::domain::ItemKey> = Vec::new();
-
-    for e in events {
-        let t = taxonomy.get(e.kind);
-        features[e.kind.index()] += t.decay(as_of.millis_since(e.at));
-        stage = stage.max(t.stage);
-        if t.milestone_rank > 0 {
-            highest_milestone = highest_milestone.max(t.milestone_rank);
-            last_milestone = Some(e.at);
-        }
-        match prev {
-            Some(p) if e.at.millis_since(p) <= gap => in_session += 1,
-            _ => {
-                sessions += 1;
-                in_session = 1;
-            }
-        }
-        prev = Some(e.at);
-        if Some(e.kind) == roles.cart_add {
-            cart_adds += 1;
-        } else if Some(e.kind) == roles.cart_remove {
-            cart_removes += 1;
-        }
-        if e.kind == roles.purchase {
-            purchases += 1;
-        }
-        if Some(e.kind) == roles.item_view {
-            if let Some(item) = e.item {
-                items.push(item);
-            }
-        }
-    }
-    items.sort_unstable();
-    items.dedup();
-
     let (decayed, visitor) = features.split_at_mut(n_types);
-    let ladder = ladder::climb(taxonomy, decayed, highest_milestone, stage);
+    a.decayed_counts(taxonomy, as_of, decayed);
+    let ladder = ladder::climb(taxonomy, decayed, a.highest_milestone(), a.stage());
     for (count, t) in decayed.iter_mut().zip(taxonomy.types()) {
         *count = count.min(t.cap).ln_1p();
     }
@@ -115,28 +86,28 @@ pub fn observe(taxonomy: &Taxonomy, events: &[Event], as_of: Millis) -> Observat
         Some(t) => (as_of.millis_since(t) / MILLIS_PER_HOUR).clamp(0.0, MAX_HOURS),
         None => MAX_HOURS,
     };
-    let last = events.last().map(|e| e.at);
-    let current_session = match last {
-        Some(l) if as_of.millis_since(l) <= gap => in_session,
+    let count = |role: Option<crate::domain::TypeId>| role.map_or(0, |id| a.count(id));
+    let current_session = match a.last_session() {
+        Some(s) if as_of.millis_since(s.end) <= gap => s.events,
         _ => 0,
     };
     visitor.copy_from_slice(&[
-        f64::from(highest_milestone),
+        f64::from(a.highest_milestone()),
         ladder.points,
-        hours_since(last).ln_1p(),
-        hours_since(last_milestone).ln_1p(),
-        f64::from(sessions).ln_1p(),
+        hours_since(a.last()).ln_1p(),
+        hours_since(a.last_milestone()).ln_1p(),
+        f64::from(a.sessions()).ln_1p(),
         f64::from(current_session).ln_1p(),
-        (items.len() as f64).ln_1p(),
-        f64::from(cart_adds.saturating_sub(cart_removes)).ln_1p(),
-        checkout_progress(taxonomy, highest_milestone),
-        f64::from(purchases).ln_1p(),
-        hours_since(events.first().map(|e| e.at)).ln_1p(),
+        (a.distinct_items_viewed() as f64).ln_1p(),
+        (count(roles.cart_add).saturating_sub(count(roles.cart_remove)) as f64).ln_1p(),
+        checkout_progress(taxonomy, a.highest_milestone()),
+        (a.count(roles.purchase) as f64).ln_1p(),
+        hours_since(a.first()).ln_1p(),
     ]);
     Observation {
         ladder,
         features,
-        counted,
+        counted: 0,
     }
 }
 

@@ -2,10 +2,12 @@
 //! weighted ladder built on it ([`ladder`]) and the logistic model
 //! ([`model`]). No I/O, no clocks: everything takes `as_of` explicitly.
 
+pub mod aggregate;
 pub mod features;
 pub mod ladder;
 pub mod model;
 
+pub use aggregate::Aggregate;
 pub use features::{feature_names, observe, Observation};
 pub use ladder::Ladder;
 pub use model::{Model, ModelArtifact, ModelError, Prediction};
