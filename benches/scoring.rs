@@ -11,8 +11,9 @@ use rand::{Rng, SeedableRng};
 
 use rung::config::Settings;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
-use rung::engine::{Engine, ScoreQuery};
+use rung::engine::{Engine, EngineSettings, ScoreQuery};
 use rung::scoring::{observe, Model};
+use rung::store::{RedbStore, StoreLimits};
 
 const AS_OF: i64 = 1_767_225_600_000;
 
@@ -79,19 +80,36 @@ fn engine_score(c: &mut Criterion) {
     let settings = Settings::default();
     let taxonomy = Taxonomy::builtin();
     let model = model(&taxonomy);
+    let data = tempfile::tempdir().unwrap();
+    let taxonomy = Arc::new(taxonomy);
+    let store = RedbStore::open(
+        data.path(),
+        taxonomy.clone(),
+        StoreLimits {
+            recent_events: 200,
+            dedup_window: 128,
+            max_group: 1024,
+        },
+    )
+    .unwrap();
     let engine = Engine::new(
-        Arc::new(taxonomy.clone()),
+        taxonomy.clone(),
         Arc::new(model),
-        settings.scoring.clone(),
-        settings.bands.clone(),
-        settings.limits.clone(),
+        Arc::new(store),
+        EngineSettings {
+            scoring: settings.scoring.clone(),
+            bands: settings.bands.clone(),
+            limits: settings.limits.clone(),
+            retention_days: 90.0,
+        },
     );
-    let mut group = c.benchmark_group("engine.score (sort, reasons, result)");
+    let now = Millis::from_unix_millis(AS_OF);
+    let mut group = c.benchmark_group("engine.score (store lookup, sort, reasons, result)");
     for n in [10, 50, 500] {
         let query = ScoreQuery {
             visitor: VisitorId::parse("bench".into(), 256).unwrap(),
             events: visitor(&taxonomy, n, n as u64),
-            as_of: Millis::from_unix_millis(AS_OF),
+            as_of: Some(Millis::from_unix_millis(AS_OF)),
             max_reasons: 5,
             explain: false,
             ignored_unknown_type: 0,
@@ -99,7 +117,7 @@ fn engine_score(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &query, |b, q| {
             b.iter_batched(
                 || q.clone(),
-                |q| black_box(engine.score(q)),
+                |q| black_box(engine.score(q, now).unwrap()),
                 BatchSize::SmallInput,
             )
         });

@@ -28,9 +28,40 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `rung=debug,tower=warn`); RUST_LOG wins.
     pub log_level: String,
+    /// Where the embedded store keeps its file.
+    pub data_dir: PathBuf,
     pub scoring: ScoringSettings,
     pub bands: Bands,
     pub limits: Limits,
+    pub store: StoreSettings,
+}
+
+/// What the store keeps per visitor, and for how long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// Raw events kept per visitor for GetVisitor and explanations.
+    pub recent_events: u32,
+    /// Event ids remembered per visitor to drop redeliveries.
+    pub dedup_window: usize,
+    /// Visitors inactive this long are erased; older events are refused.
+    pub retention_days: f64,
+    /// How often the retention purge runs.
+    pub purge_interval_secs: u64,
+    /// Writes grouped into one commit at most.
+    pub max_group: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        StoreSettings {
+            recent_events: 200,
+            dedup_window: 128,
+            retention_days: 90.0,
+            purge_interval_secs: 3600,
+            max_group: 1024,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -83,9 +114,11 @@ impl Default for Settings {
             model: PathBuf::from(DEFAULT_MODEL_PATH),
             log_format: LogFormat::Human,
             log_level: "info".into(),
+            data_dir: PathBuf::from("data"),
             scoring: ScoringSettings::default(),
             bands: Bands::default(),
             limits: Limits::default(),
+            store: StoreSettings::default(),
         }
     }
 }
@@ -182,6 +215,28 @@ impl Settings {
             ("limits.max_visitors_per_batch", l.max_visitors_per_batch),
             ("limits.max_visitor_id_bytes", l.max_visitor_id_bytes),
             ("limits.max_type_bytes", l.max_type_bytes),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        let st = &self.store;
+        if !(st.retention_days.is_finite()
+            && st.retention_days > 0.0
+            && st.retention_days <= 36_500.0)
+        {
+            return invalid(
+                "store.retention_days",
+                format!(
+                    "must be more than 0 and at most 36500, got {}",
+                    st.retention_days
+                ),
+            );
+        }
+        for (key, v) in [
+            ("store.recent_events", st.recent_events as usize),
+            ("store.max_group", st.max_group),
+            ("store.purge_interval_secs", st.purge_interval_secs as usize),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());

@@ -1,25 +1,37 @@
-//! The facade the transport calls: it holds the taxonomy, the model and the
-//! scoring settings, and turns validated queries into scores. Pure apart from
-//! reading its own state, so the same answers come from gRPC and from tests.
+//! The facade the transport calls: it holds the taxonomy, the model, the
+//! store and the settings, and turns validated queries into scores, writes
+//! and profiles. Scoring itself is pure code in [`crate::scoring`].
 
 use std::sync::Arc;
 
 use crate::config::{Bands, Limits, ScoringSettings};
 use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, Stage, Taxonomy, VisitorId};
-use crate::scoring::{self, Ladder, Model};
+use crate::scoring::{self, Ladder, Model, Observation};
+use crate::store::{
+    self, NewEvent, Outcome, Store, StoreError, StoredEvent, Ticket, VisitorRecord, WriteOp,
+};
 
 /// A validated request to score one visitor.
 #[derive(Debug, Clone)]
 pub struct ScoreQuery {
     pub visitor: VisitorId,
-    /// Any order; the engine sorts.
+    /// Inline events, any order; scored with the stored ones, not stored.
     pub events: Vec<Event>,
-    pub as_of: Millis,
+    /// `None`: now, or the visitor's latest event if that is later.
+    pub as_of: Option<Millis>,
     /// 1 to [`crate::config::MAX_REASONS`].
     pub max_reasons: usize,
     pub explain: bool,
     /// Unknown-type events the edge skipped (when configured to).
+    pub ignored_unknown_type: u32,
+}
+
+/// A validated request to store events.
+#[derive(Debug, Clone)]
+pub struct TrackQuery {
+    pub visitor: VisitorId,
+    pub events: Vec<NewEvent>,
     pub ignored_unknown_type: u32,
 }
 
@@ -55,6 +67,31 @@ pub struct Score {
     pub model_version: String,
     pub ignored_after_as_of: u32,
     pub ignored_unknown_type: u32,
+    pub ignored_duplicate: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub score: Score,
+}
+
+/// What rung remembers about a visitor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub visitor: VisitorId,
+    pub record: VisitorRecord,
+    /// Newest first.
+    pub recent: Vec<StoredEvent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the store answered a write with the wrong outcome")]
+    UnexpectedOutcome,
 }
 
 pub struct Engine {
@@ -63,22 +100,34 @@ pub struct Engine {
     scoring: ScoringSettings,
     bands: Bands,
     limits: Limits,
+    store: Arc<dyn Store>,
+    retention_ms: i64,
+}
+
+/// The settings the engine acts on.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub scoring: ScoringSettings,
+    pub bands: Bands,
+    pub limits: Limits,
+    pub retention_days: f64,
 }
 
 impl Engine {
     pub fn new(
         taxonomy: Arc<Taxonomy>,
         model: Arc<Model>,
-        scoring: ScoringSettings,
-        bands: Bands,
-        limits: Limits,
+        store: Arc<dyn Store>,
+        settings: EngineSettings,
     ) -> Engine {
         Engine {
             taxonomy,
             model,
-            scoring,
-            bands,
-            limits,
+            scoring: settings.scoring,
+            bands: settings.bands,
+            limits: settings.limits,
+            store,
+            retention_ms: (settings.retention_days * 86_400_000.0) as i64,
         }
     }
 
@@ -98,12 +147,111 @@ impl Engine {
         &self.limits
     }
 
-    pub fn score(&self, mut q: ScoreQuery) -> Score {
+    /// Events older than this (relative to `now`) are not accepted for storage.
+    pub fn oldest_storable(&self, now: Millis) -> Millis {
+        now.saturating_add_millis(-self.retention_ms)
+    }
+
+    /// Scores a visitor: stored events plus the query's inline ones.
+    pub fn score(&self, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
+        let stored = self.store.load(&q.visitor)?;
+        self.score_with(q, stored.as_ref(), now)
+    }
+
+    /// One score per query, in order; each equal to [`Engine::score`] of it.
+    pub fn score_batch(
+        &self,
+        queries: Vec<ScoreQuery>,
+        now: Millis,
+    ) -> Result<Vec<Score>, EngineError> {
+        queries.into_iter().map(|q| self.score(q, now)).collect()
+    }
+
+    fn score_with(
+        &self,
+        mut q: ScoreQuery,
+        stored: Option<&VisitorRecord>,
+        now: Millis,
+    ) -> Result<Score, EngineError> {
         sort_by_time(&mut q.events);
-        let obs = scoring::observe(&self.taxonomy, &q.events, q.as_of);
+        let before = q.events.len();
+        if let Some(rec) = stored {
+            q.events
+                .retain(|e| e.id.is_none_or(|h| !rec.seen_ids.contains(&h)));
+        }
+        let ignored_duplicate = (before - q.events.len()) as u32;
+        let latest = [
+            stored.and_then(|r| r.aggregate.last()),
+            q.events.last().map(|e| e.at),
+        ]
+        .into_iter()
+        .flatten()
+        .max();
+        let as_of = q
+            .as_of
+            .unwrap_or_else(|| latest.map_or(now, |l| l.max(now)));
+        let counted = q.events.partition_point(|e| e.at <= as_of);
+        let inline = &q.events[..counted];
+
+        let obs = match stored {
+            None => scoring::observe(&self.taxonomy, inline, as_of),
+            Some(rec) if rec.aggregate.last().is_none_or(|l| l <= as_of) => {
+                let mut aggregate = rec.aggregate.clone();
+                for e in inline {
+                    aggregate.apply(&self.taxonomy, e);
+                }
+                aggregate.observe(&self.taxonomy, as_of)
+            }
+            // Scoring a moment before the visitor's latest stored event: the
+            // aggregate holds events that had not happened yet, so replay the
+            // kept raw events up to as_of.
+            Some(_) => self.replay(&q.visitor, inline, as_of)?,
+        };
+        Ok(self.finish(
+            q,
+            obs,
+            as_of,
+            before - counted - ignored_duplicate as usize,
+            ignored_duplicate,
+        ))
+    }
+
+    fn replay(
+        &self,
+        visitor: &VisitorId,
+        inline: &[Event],
+        as_of: Millis,
+    ) -> Result<Observation, EngineError> {
+        let mut events: Vec<Event> = self
+            .store
+            .recent_events(visitor)?
+            .iter()
+            .filter(|e| e.at <= as_of)
+            .filter_map(|e| {
+                let kind = self.taxonomy.resolve(&e.kind)?;
+                let mut ev = Event::new(kind, e.at).with_item(&e.item_id);
+                ev.value = e.value;
+                Some(ev)
+            })
+            .chain(inline.iter().copied())
+            .collect();
+        sort_by_time(&mut events);
+        Ok(scoring::observe(&self.taxonomy, &events, as_of))
+    }
+
+    fn finish(
+        &self,
+        q: ScoreQuery,
+        obs: Observation,
+        as_of: Millis,
+        after_as_of: usize,
+        dup: u32,
+    ) -> Score {
         let prediction = self.model.predict(&obs.features);
-        let names = self.model.feature_names();
-        let reasons = top_reasons(&self.model, &obs.features, q.max_reasons);
+        let reasons = top_reasons(&self.model, &obs.features, q.max_reasons)
+            .into_iter()
+            .map(|i| self.reason(i, obs.features[i]))
+            .collect();
         let features = if q.explain {
             obs.features
                 .iter()
@@ -113,14 +261,9 @@ impl Engine {
         } else {
             Vec::new()
         };
-        debug_assert_eq!(names.len(), obs.features.len());
-        let reasons = reasons
-            .into_iter()
-            .map(|i| self.reason(i, obs.features[i]))
-            .collect();
         Score {
             visitor: q.visitor,
-            as_of: q.as_of,
+            as_of,
             probability: prediction.probability,
             log_odds: prediction.log_odds,
             rung: self
@@ -133,14 +276,90 @@ impl Engine {
             reasons,
             features,
             model_version: self.model.version().to_string(),
-            ignored_after_as_of: (q.events.len() - obs.counted) as u32,
+            ignored_after_as_of: after_as_of as u32,
             ignored_unknown_type: q.ignored_unknown_type,
+            ignored_duplicate: dup,
         }
     }
 
-    /// One score per query, in order; each equal to [`Engine::score`] of it.
-    pub fn score_batch(&self, queries: Vec<ScoreQuery>) -> Vec<Score> {
-        queries.into_iter().map(|q| self.score(q)).collect()
+    /// Stores events and scores the visitor afterwards.
+    pub async fn track(&self, q: TrackQuery, now: Millis) -> Result<Tracked, EngineError> {
+        let visitor = q.visitor.clone();
+        let ignored_unknown_type = q.ignored_unknown_type;
+        match store::settle(self.submit_track(q, true)).await? {
+            Outcome::Tracked {
+                accepted,
+                duplicates,
+                record: Some(record),
+            } => {
+                let query = ScoreQuery {
+                    visitor,
+                    events: Vec::new(),
+                    as_of: None,
+                    max_reasons: self.scoring.max_reasons as usize,
+                    explain: false,
+                    ignored_unknown_type,
+                };
+                let score = self.score_with(query, Some(&record), now)?;
+                Ok(Tracked {
+                    accepted,
+                    duplicates,
+                    score,
+                })
+            }
+            _ => Err(EngineError::UnexpectedOutcome),
+        }
+    }
+
+    /// Queues a Track; the ticket resolves once it is durable.
+    pub fn submit_track(&self, q: TrackQuery, want_record: bool) -> Ticket {
+        self.store.submit(WriteOp::Track {
+            visitor: q.visitor,
+            events: q.events,
+            want_record,
+        })
+    }
+
+    pub fn profile(&self, visitor: &VisitorId) -> Result<Option<Profile>, EngineError> {
+        let Some(record) = self.store.load(visitor)? else {
+            return Ok(None);
+        };
+        let recent = self.store.recent_events(visitor)?;
+        Ok(Some(Profile {
+            visitor: visitor.clone(),
+            record,
+            recent,
+        }))
+    }
+
+    /// Erases a visitor; whether anything was there.
+    pub async fn forget(&self, visitor: VisitorId) -> Result<bool, EngineError> {
+        match store::settle(self.store.submit(WriteOp::Forget { visitor })).await? {
+            Outcome::Forgotten { existed } => Ok(existed),
+            _ => Err(EngineError::UnexpectedOutcome),
+        }
+    }
+
+    /// Erases visitors inactive for longer than the retention period, in
+    /// chunks so writes in between are not held up. Returns how many.
+    pub async fn purge_inactive(&self, now: Millis) -> Result<usize, EngineError> {
+        let inactive_before = self.oldest_storable(now);
+        let mut total = 0;
+        loop {
+            let op = WriteOp::Purge {
+                inactive_before,
+                limit: 10_000,
+            };
+            match store::settle(self.store.submit(op)).await? {
+                Outcome::Purged { visitors, more } => {
+                    total += visitors;
+                    if !more {
+                        return Ok(total);
+                    }
+                }
+                _ => return Err(EngineError::UnexpectedOutcome),
+            }
+        }
     }
 
     fn reason(&self, i: usize, value: f64) -> Reason {

@@ -20,5 +20,6 @@ pub mod grpc;
 pub mod scoring;
 pub mod simulator;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod training;

@@ -35,6 +35,9 @@ enum Command {
         /// Log format [default: human].
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
+        /// Where the embedded store keeps its file [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
     /// Train the bootstrap model on simulated journeys and write it as an
     /// artifact (by default over models/default.json).
@@ -59,6 +62,7 @@ fn main() -> anyhow::Result<()> {
             config,
             listen,
             log_format,
+            data_dir,
         } => {
             let mut settings = Settings::load(config.as_deref()).context("loading settings")?;
             if let Some(addr) = listen {
@@ -66,6 +70,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(f) = log_format {
                 settings.log_format = f;
+            }
+            if let Some(d) = data_dir {
+                settings.data_dir = d;
             }
             rung::telemetry::init(settings.log_format, &settings.log_level);
             serve(settings)

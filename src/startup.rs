@@ -11,11 +11,12 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::Settings;
-use crate::domain::{Taxonomy, TaxonomyError};
-use crate::engine::Engine;
+use crate::domain::{Millis, Taxonomy, TaxonomyError};
+use crate::engine::{Engine, EngineSettings};
 use crate::grpc::proto::intent_service_server::IntentServiceServer;
 use crate::grpc::{proto, IntentApi};
 use crate::scoring::{Model, ModelError};
+use crate::store::{RedbStore, StoreError, StoreLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -38,6 +39,8 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Store(#[from] StoreError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -66,9 +69,10 @@ pub fn load_model(path: &Path, taxonomy: &Taxonomy) -> Result<Model, StartupErro
     })
 }
 
-/// The engine the settings describe.
+/// The engine the settings describe, over the embedded store in
+/// `settings.data_dir`.
 pub fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
-    let taxonomy = load_taxonomy(settings.taxonomy.as_deref())?;
+    let taxonomy = Arc::new(load_taxonomy(settings.taxonomy.as_deref())?);
     let model = load_model(&settings.model, &taxonomy)?;
     tracing::info!(
         model_version = model.version(),
@@ -76,13 +80,40 @@ pub fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
         taxonomy = taxonomy.fingerprint(),
         "model loaded"
     );
+    let store = RedbStore::open(
+        &settings.data_dir,
+        taxonomy.clone(),
+        StoreLimits {
+            recent_events: settings.store.recent_events,
+            dedup_window: settings.store.dedup_window,
+            max_group: settings.store.max_group,
+        },
+    )?;
+    tracing::info!(data_dir = %settings.data_dir.display(), "store opened");
     Ok(Engine::new(
-        Arc::new(taxonomy),
+        taxonomy,
         Arc::new(model),
-        settings.scoring.clone(),
-        settings.bands.clone(),
-        settings.limits.clone(),
+        Arc::new(store),
+        EngineSettings {
+            scoring: settings.scoring.clone(),
+            bands: settings.bands.clone(),
+            limits: settings.limits.clone(),
+            retention_days: settings.store.retention_days,
+        },
     ))
+}
+
+/// Purges inactive visitors every `every`, logging how many went.
+async fn retention_loop(engine: Arc<Engine>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        match engine.purge_inactive(Millis::now()).await {
+            Ok(0) => tracing::debug!("retention purge: nothing to erase"),
+            Ok(n) => tracing::info!(purged = n, "retention purge erased inactive visitors"),
+            Err(e) => tracing::error!(error = %e, "retention purge failed"),
+        }
+    }
 }
 
 /// A bound, ready server.
@@ -90,6 +121,7 @@ pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     engine: Arc<Engine>,
+    purge_every: std::time::Duration,
 }
 
 impl Application {
@@ -105,6 +137,7 @@ impl Application {
             listener,
             local_addr,
             engine,
+            purge_every: std::time::Duration::from_secs(settings.store.purge_interval_secs),
         })
     }
 
@@ -130,6 +163,7 @@ impl Application {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
+        let purge = tokio::spawn(retention_loop(self.engine.clone(), self.purge_every));
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tracing::info!(addr = %self.local_addr, "serving");
         let result = Server::builder()
@@ -139,6 +173,10 @@ impl Application {
             .add_service(IntentServiceServer::new(IntentApi::new(self.engine)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        // The purge task holds the engine (and so the store): end it, so the
+        // store closes, and its file lock goes, before we return.
+        purge.abort();
+        let _ = purge.await;
         if let Err(e) = result {
             tracing::error!(error = %e, "server stopped with an error");
             return Err(StartupError::Bind {

@@ -11,7 +11,14 @@ use rung::grpc::proto::ScoreRequest;
 
 fn rung() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rung"));
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("rung-cli")
+        .join(format!("{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&data);
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("RUNG_DATA_DIR", data)
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -78,6 +78,16 @@ async fn reflection_lists_the_services_and_describes_score() {
     assert_eq!(fd.package(), "rung.v1");
     let service = &fd.service[0];
     let methods: Vec<&str> = service.method.iter().map(|m| m.name()).collect();
-    assert_eq!(methods, ["Score", "ScoreBatch"]);
+    assert_eq!(
+        methods,
+        [
+            "Score",
+            "ScoreBatch",
+            "Track",
+            "TrackStream",
+            "GetVisitor",
+            "ForgetVisitor"
+        ]
+    );
     app.stop().await;
 }

@@ -20,13 +20,18 @@ impl ItemKey {
         if item_id.is_empty() {
             return None;
         }
-        // SipHash with fixed keys: stable across processes, so a key computed
-        // at training time equals one computed by the server.
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new();
-        item_id.hash(&mut h);
-        Some(ItemKey(h.finish()))
+        Some(ItemKey(stable_hash(item_id)))
     }
+}
+
+/// A 64-bit hash that is the same in every process and release (SipHash
+/// with fixed keys), so keys computed at training time, by the server and
+/// stored on disk agree.
+pub fn stable_hash(s: &str) -> u64 {
+    #[allow(deprecated)]
+    let mut h = std::hash::SipHasher::new();
+    s.hash(&mut h);
+    h.finish()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -36,6 +41,8 @@ pub struct Event {
     pub item: Option<ItemKey>,
     /// Finite by construction at the edge.
     pub value: f64,
+    /// [`stable_hash`] of the tracker's event id, when it sent one.
+    pub id: Option<u64>,
 }
 
 impl Event {
@@ -45,6 +52,7 @@ impl Event {
             at,
             item: None,
             value: 0.0,
+            id: None,
         }
     }
 

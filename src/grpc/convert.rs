@@ -2,8 +2,10 @@
 //! here, at the edge, and fails with the path of the offending field.
 
 use crate::config::{Limits, MAX_REASONS};
+use crate::domain::event::stable_hash;
 use crate::domain::{Event, ItemKey, Millis, Stage, Taxonomy, VisitorId};
-use crate::engine::{Band, Reason, Score, ScoreQuery};
+use crate::engine::{Band, Profile, Reason, Score, ScoreQuery, TrackQuery};
+use crate::store::{NewEvent, StoredEvent};
 
 use super::proto;
 use super::status::FieldError;
@@ -17,6 +19,64 @@ pub struct ParseContext<'a> {
     /// The server's clock, read once per call: the default `as_of` and the
     /// reference for the future-skew rule.
     pub now: Millis,
+    /// Events older than this are refused for storage (the retention period).
+    pub oldest_storable: Millis,
+}
+
+pub fn visitor_id(raw: String, cx: &ParseContext) -> Result<VisitorId, FieldError> {
+    VisitorId::parse(raw, cx.limits.max_visitor_id_bytes)
+        .map_err(|e| FieldError::new("visitor_id", e))
+}
+
+/// Which use the events are parsed for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// Scored and dropped: raw fields are not kept.
+    Score,
+    /// Stored: raw fields kept, and old events refused.
+    Store,
+}
+
+/// Parses a request's events; unknown types skipped (when so configured)
+/// are counted in the second value.
+fn events(
+    raw: Vec<proto::Event>,
+    cx: &ParseContext,
+    purpose: Purpose,
+) -> Result<(Vec<NewEvent>, u32), FieldError> {
+    if raw.len() > cx.limits.max_events_per_request {
+        return Err(FieldError::new(
+            "events",
+            format!(
+                "{} events exceed the maximum of {} per visitor per request",
+                raw.len(),
+                cx.limits.max_events_per_request
+            ),
+        ));
+    }
+    let latest_allowed = cx
+        .now
+        .saturating_add_millis((cx.limits.max_future_skew_secs as i64).saturating_mul(1000));
+    let mut out = Vec::with_capacity(raw.len());
+    let mut ignored_unknown_type = 0u32;
+    for (i, e) in raw.into_iter().enumerate() {
+        match event(e, cx, latest_allowed, purpose) {
+            Ok(Some(ev)) => out.push(ev),
+            Ok(None) => ignored_unknown_type += 1,
+            Err(err) => return Err(err.within(&format!("events[{i}]"))),
+        }
+    }
+    Ok((out, ignored_unknown_type))
+}
+
+pub fn track_query(req: proto::TrackRequest, cx: &ParseContext) -> Result<TrackQuery, FieldError> {
+    let visitor = visitor_id(req.visitor_id, cx)?;
+    let (events, ignored_unknown_type) = events(req.events, cx, Purpose::Store)?;
+    Ok(TrackQuery {
+        visitor,
+        events,
+        ignored_unknown_type,
+    })
 }
 
 pub fn timestamp(t: &prost_types::Timestamp) -> Result<Millis, crate::domain::time::TimeError> {
@@ -29,11 +89,10 @@ pub fn to_timestamp(m: Millis) -> prost_types::Timestamp {
 }
 
 pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQuery, FieldError> {
-    let visitor = VisitorId::parse(req.visitor_id, cx.limits.max_visitor_id_bytes)
-        .map_err(|e| FieldError::new("visitor_id", e))?;
+    let visitor = visitor_id(req.visitor_id, cx)?;
     let as_of = match &req.as_of {
-        Some(t) => timestamp(t).map_err(|e| FieldError::new("as_of", e))?,
-        None => cx.now,
+        Some(t) => Some(timestamp(t).map_err(|e| FieldError::new("as_of", e))?),
+        None => None,
     };
     let max_reasons = match req.max_reasons {
         0 => cx.default_reasons,
@@ -45,31 +104,10 @@ pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQ
             ))
         }
     };
-    if req.events.len() > cx.limits.max_events_per_request {
-        return Err(FieldError::new(
-            "events",
-            format!(
-                "{} events exceed the maximum of {} per visitor per request",
-                req.events.len(),
-                cx.limits.max_events_per_request
-            ),
-        ));
-    }
-    let latest_allowed = cx
-        .now
-        .saturating_add_millis((cx.limits.max_future_skew_secs as i64).saturating_mul(1000));
-    let mut events = Vec::with_capacity(req.events.len());
-    let mut ignored_unknown_type = 0u32;
-    for (i, e) in req.events.iter().enumerate() {
-        match event(e, cx, latest_allowed) {
-            Ok(Some(ev)) => events.push(ev),
-            Ok(None) => ignored_unknown_type += 1,
-            Err(err) => return Err(err.within(&format!("events[{i}]"))),
-        }
-    }
+    let (events, ignored_unknown_type) = events(req.events, cx, Purpose::Score)?;
     Ok(ScoreQuery {
         visitor,
-        events,
+        events: events.into_iter().map(|e| e.event).collect(),
         as_of,
         max_reasons: max_reasons as usize,
         explain: req.explain,
@@ -79,10 +117,11 @@ pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQ
 
 /// `Ok(None)`: an unknown type the server is configured to skip.
 fn event(
-    e: &proto::Event,
+    e: proto::Event,
     cx: &ParseContext,
     latest_allowed: Millis,
-) -> Result<Option<Event>, FieldError> {
+    purpose: Purpose,
+) -> Result<Option<NewEvent>, FieldError> {
     let l = cx.limits;
     if e.r#type.is_empty() {
         return Err(FieldError::new("type", "must not be empty"));
@@ -122,6 +161,16 @@ fn event(
                 at.to_rfc3339(),
                 l.max_future_skew_secs,
                 cx.now.to_rfc3339()
+            ),
+        ));
+    }
+    if purpose == Purpose::Store && at < cx.oldest_storable {
+        return Err(FieldError::new(
+            "time",
+            format!(
+                "{} is older than the retention period (events before {} are not kept)",
+                at.to_rfc3339(),
+                cx.oldest_storable.to_rfc3339()
             ),
         ));
     }
@@ -166,11 +215,30 @@ fn event(
             ),
         ));
     }
-    Ok(Some(Event {
+    let event = Event {
         kind,
         at,
         item: ItemKey::of(&e.item_id),
         value: e.value,
+        id: (!e.event_id.is_empty()).then(|| stable_hash(&e.event_id)),
+    };
+    Ok(Some(match purpose {
+        Purpose::Score => NewEvent {
+            event,
+            event_id: String::new(),
+            item_id: String::new(),
+            attributes: Vec::new(),
+        },
+        Purpose::Store => {
+            let mut attributes: Vec<(String, String)> = e.attributes.into_iter().collect();
+            attributes.sort();
+            NewEvent {
+                event,
+                event_id: e.event_id,
+                item_id: e.item_id,
+                attributes,
+            }
+        }
     }))
 }
 
@@ -221,7 +289,7 @@ fn reason(r: Reason) -> proto::Reason {
 }
 
 pub fn score_response(s: Score) -> proto::ScoreResponse {
-    let ignored = s.ignored_after_as_of + s.ignored_unknown_type;
+    let ignored = s.ignored_after_as_of + s.ignored_unknown_type + s.ignored_duplicate;
     proto::ScoreResponse {
         visitor_id: s.visitor.into_string(),
         probability: s.probability,
@@ -235,8 +303,54 @@ pub fn score_response(s: Score) -> proto::ScoreResponse {
         ignored_events: ignored,
         ignored_after_as_of: s.ignored_after_as_of,
         ignored_unknown_type: s.ignored_unknown_type,
+        ignored_duplicate: s.ignored_duplicate,
         as_of: Some(to_timestamp(s.as_of)),
         log_odds: s.log_odds,
         features: s.features.into_iter().map(reason).collect(),
+    }
+}
+
+fn stored_event(e: StoredEvent) -> proto::Event {
+    proto::Event {
+        r#type: e.kind,
+        time: Some(to_timestamp(e.at)),
+        item_id: e.item_id,
+        value: e.value,
+        event_id: e.event_id,
+        attributes: e.attributes.into_iter().collect(),
+    }
+}
+
+pub fn profile_response(
+    p: Profile,
+    taxonomy: &Taxonomy,
+    max_events: u32,
+) -> proto::GetVisitorResponse {
+    let a = &p.record.aggregate;
+    let counts = taxonomy
+        .types()
+        .iter()
+        .zip(a.counts())
+        .filter(|(_, &n)| n > 0)
+        .map(|(t, &n)| (t.name.clone(), n))
+        .collect();
+    let keep = if max_events == 0 {
+        p.recent.len()
+    } else {
+        max_events as usize
+    };
+    proto::GetVisitorResponse {
+        visitor_id: p.visitor.into_string(),
+        counts,
+        rung: taxonomy
+            .milestone_at(a.highest_milestone())
+            .map(|t| t.name.clone())
+            .unwrap_or_default(),
+        stage: stage(a.stage()) as i32,
+        first_seen: a.first().map(to_timestamp),
+        last_seen: a.last().map(to_timestamp),
+        sessions: a.sessions(),
+        events: a.events(),
+        recent_events: p.recent.into_iter().take(keep).map(stored_event).collect(),
     }
 }

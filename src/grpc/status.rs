@@ -41,3 +41,26 @@ impl From<FieldError> for Status {
         Status::invalid_argument(e.to_string())
     }
 }
+
+/// The one table from engine errors to gRPC codes.
+impl From<crate::engine::EngineError> for Status {
+    fn from(e: crate::engine::EngineError) -> Status {
+        use crate::engine::EngineError;
+        use crate::store::StoreError;
+        match &e {
+            EngineError::Store(StoreError::Unavailable(_))
+            | EngineError::Store(StoreError::Locked { .. }) => {
+                tracing::error!(error = %e, "store unavailable");
+                Status::unavailable("the store is unavailable; retry later")
+            }
+            EngineError::Store(StoreError::Corrupt { visitor, .. }) => {
+                tracing::error!(error = %e, visitor_id = %visitor, "corrupt stored data");
+                Status::internal("stored data for this visitor cannot be read")
+            }
+            EngineError::Store(StoreError::Incompatible(_)) | EngineError::UnexpectedOutcome => {
+                tracing::error!(error = %e, "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rung::config::Settings;
 use rung::grpc::proto::intent_service_client::IntentServiceClient;
@@ -19,11 +20,24 @@ pub fn model_path() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.json")
 }
 
-/// Settings a test starts from: port 0, the repository's model.
+/// A fresh, empty data directory under Cargo's scratch space for tests.
+pub fn fresh_data_dir() -> PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("rung-tests")
+        .join(format!("{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Settings a test starts from: port 0, the repository's model, a data
+/// directory of its own.
 pub fn test_settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         model: model_path(),
+        data_dir: fresh_data_dir(),
         ..Settings::default()
     }
 }

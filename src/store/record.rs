@@ -1,0 +1,99 @@
+//! A visitor as stored: the scoring aggregate, the de-duplication window and
+//! the position in the raw-event ring. Applying a write to a record is pure,
+//! so every backend does exactly the same thing.
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::event::stable_hash;
+use crate::domain::{Event, Millis, Taxonomy};
+use crate::scoring::Aggregate;
+
+/// An event on its way into the store: what scoring needs and what
+/// GetVisitor and exports show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event: Event,
+    pub event_id: String,
+    pub item_id: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// A kept raw event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Arrival order for this visitor.
+    pub seq: u64,
+    /// The taxonomy's name for the type (aliases resolved).
+    pub kind: String,
+    pub at: Millis,
+    pub item_id: String,
+    pub value: f64,
+    pub event_id: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VisitorRecord {
+    pub aggregate: Aggregate,
+    /// The next raw event's sequence number; its ring slot is seq % capacity.
+    pub next_seq: u64,
+    /// Hashes of the most recent event ids, oldest first.
+    pub seen_ids: VecDeque<u64>,
+}
+
+/// What one Track did to a record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// Raw events to keep, in arrival order.
+    pub stored: Vec<StoredEvent>,
+    pub duplicates: u32,
+}
+
+impl VisitorRecord {
+    pub fn new(taxonomy: &Taxonomy, anchor: Millis) -> VisitorRecord {
+        VisitorRecord {
+            aggregate: Aggregate::new(taxonomy, anchor),
+            next_seq: 0,
+            seen_ids: VecDeque::new(),
+        }
+    }
+
+    /// Whether an event with this id was applied recently.
+    pub fn has_seen(&self, event_id: &str) -> bool {
+        !event_id.is_empty() && self.seen_ids.contains(&stable_hash(event_id))
+    }
+
+    /// Applies the events not seen before (by event id, within the last
+    /// `window` ids), in order. Events without an id are always new.
+    pub fn track(&mut self, taxonomy: &Taxonomy, events: Vec<NewEvent>, window: usize) -> Applied {
+        let mut stored = Vec::with_capacity(events.len());
+        let mut duplicates = 0;
+        for e in events {
+            if !e.event_id.is_empty() {
+                let h = stable_hash(&e.event_id);
+                if self.seen_ids.contains(&h) {
+                    duplicates += 1;
+                    continue;
+                }
+                self.seen_ids.push_back(h);
+                while self.seen_ids.len() > window {
+                    self.seen_ids.pop_front();
+                }
+            }
+            self.aggregate.apply(taxonomy, &e.event);
+            stored.push(StoredEvent {
+                seq: self.next_seq,
+                kind: taxonomy.get(e.event.kind).name.clone(),
+                at: e.event.at,
+                item_id: e.item_id,
+                value: e.event.value,
+                event_id: e.event_id,
+                attributes: e.attributes,
+            });
+            self.next_seq += 1;
+        }
+        Applied { stored, duplicates }
+    }
+}

@@ -1,0 +1,417 @@
+//! The embedded store: one redb file in the data directory.
+//!
+//! Writes go through one writer thread that drains every write queued while
+//! the previous commit was syncing and applies them in a single transaction
+//! (group commit): each caller hears back only after that commit is on disk,
+//! and concurrent writers share the cost of the sync. Reads use their own
+//! read transactions and never wait for the writer.
+//!
+//! Tables:
+//! - `visitors`: visitor id → last-seen (8 bytes, little-endian unix ms, so a
+//!   purge can skip decoding) + the postcard-encoded [`VisitorRecord`];
+//! - `events`: (visitor id, ring slot) → postcard-encoded [`StoredEvent`];
+//! - `meta`: format version and the fingerprint of the taxonomy the
+//!   aggregates were built with.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use tokio::sync::oneshot;
+
+use crate::domain::{Millis, Taxonomy, VisitorId};
+
+use super::{Outcome, Store, StoreError, StoreLimits, StoredEvent, Ticket, VisitorRecord, WriteOp};
+
+const VISITORS: TableDefinition<&str, &[u8]> = TableDefinition::new("visitors");
+const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+
+const FORMAT: &str = "rung.store.v1";
+/// The file inside the data directory.
+pub const FILE_NAME: &str = "rung.redb";
+
+struct Job {
+    op: WriteOp,
+    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+}
+
+pub struct RedbStore {
+    db: Arc<Database>,
+    taxonomy: Arc<Taxonomy>,
+    jobs: Option<mpsc::Sender<Job>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`. Fails if another process has
+    /// it open or if it was written under another taxonomy.
+    pub fn open(
+        dir: &Path,
+        taxonomy: Arc<Taxonomy>,
+        limits: StoreLimits,
+    ) -> Result<RedbStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: dir.to_path_buf(),
+            },
+            other => unavailable(format!("cannot open {}: {other}", path.display())),
+        })?;
+        init(&db, &taxonomy, &path)?;
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel::<Job>();
+        let writer = {
+            let db = db.clone();
+            let taxonomy = taxonomy.clone();
+            std::thread::Builder::new()
+                .name("rung-store-writer".into())
+                .spawn(move || {
+                    Writer {
+                        db,
+                        taxonomy,
+                        limits,
+                    }
+                    .run(rx)
+                })
+                .map_err(unavailable)?
+        };
+        Ok(RedbStore {
+            db,
+            taxonomy,
+            jobs: Some(tx),
+            writer: Some(writer),
+        })
+    }
+
+    /// Bytes the store file takes on disk.
+    pub fn file_size(dir: &Path) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(dir.join(FILE_NAME))?.len())
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        // Closing the queue ends the writer once it has committed what it
+        // holds; joining it releases the file lock before we return.
+        self.jobs.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+fn init(db: &Database, taxonomy: &Taxonomy, path: &Path) -> Result<(), StoreError> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        txn.open_table(VISITORS).map_err(unavailable)?;
+        txn.open_table(EVENTS).map_err(unavailable)?;
+        let format = meta
+            .get("format")
+            .map_err(unavailable)?
+            .map(|v| v.value().to_string());
+        match format.as_deref() {
+            None => {
+                meta.insert("format", FORMAT).map_err(unavailable)?;
+                meta.insert("taxonomy", taxonomy.fingerprint())
+                    .map_err(unavailable)?;
+            }
+            Some(FORMAT) => {
+                let stored = meta
+                    .get("taxonomy")
+                    .map_err(unavailable)?
+                    .map(|v| v.value().to_string())
+                    .unwrap_or_default();
+                if stored != taxonomy.fingerprint() {
+                    return Err(StoreError::Incompatible(format!(
+                        "{} holds visitors aggregated under taxonomy {stored}, but the running taxonomy is {}; \
+                         start with a new data directory (or the taxonomy it was written with)",
+                        path.display(),
+                        taxonomy.fingerprint()
+                    )));
+                }
+            }
+            Some(other) => {
+                return Err(StoreError::Incompatible(format!(
+                    "{} has format {other:?}; this build reads {FORMAT:?}",
+                    path.display()
+                )))
+            }
+        }
+    }
+    txn.commit().map_err(unavailable)
+}
+
+fn encode_record(r: &VisitorRecord) -> Result<Vec<u8>, StoreError> {
+    let last = r.aggregate.last().map_or(i64::MIN, Millis::as_unix_millis);
+    let buf = last.to_le_bytes().to_vec();
+    postcard::to_extend(r, buf).map_err(unavailable)
+}
+
+fn decode_record(
+    visitor: &str,
+    bytes: &[u8],
+    taxonomy: &Taxonomy,
+) -> Result<VisitorRecord, StoreError> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        visitor: visitor.to_string(),
+        reason,
+    };
+    let body = bytes
+        .get(8..)
+        .ok_or_else(|| corrupt("record shorter than its header".into()))?;
+    let record: VisitorRecord = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
+    if !record.aggregate.fits(taxonomy) {
+        return Err(corrupt(
+            "aggregate does not fit the running taxonomy".into(),
+        ));
+    }
+    Ok(record)
+}
+
+fn last_seen(bytes: &[u8]) -> i64 {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(i64::MIN, i64::from_le_bytes)
+}
+
+impl Store for RedbStore {
+    fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        let Some(value) = table.get(visitor.as_str()).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
+    }
+
+    fn recent_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(EVENTS).map_err(unavailable)?;
+        let v = visitor.as_str();
+        let mut out = Vec::new();
+        for entry in table
+            .range((v, 0u32)..=(v, u32::MAX))
+            .map_err(unavailable)?
+        {
+            let (_, value) = entry.map_err(unavailable)?;
+            let e: StoredEvent =
+                postcard::from_bytes(value.value()).map_err(|e| StoreError::Corrupt {
+                    visitor: v.to_string(),
+                    reason: format!("raw event: {e}"),
+                })?;
+            out.push(e);
+        }
+        out.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        Ok(out)
+    }
+
+    fn submit(&self, op: WriteOp) -> Ticket {
+        let (reply, ticket) = oneshot::channel();
+        if let Some(jobs) = &self.jobs {
+            // If the writer is gone the reply sender is dropped with the job
+            // and the ticket resolves as "unavailable".
+            let _ = jobs.send(Job { op, reply });
+        }
+        ticket
+    }
+}
+
+struct Writer {
+    db: Arc<Database>,
+    taxonomy: Arc<Taxonomy>,
+    limits: StoreLimits,
+}
+
+/// Records touched in the current transaction: `None` means erased.
+type Dirty = HashMap<String, Option<VisitorRecord>>;
+
+impl Writer {
+    fn run(self, jobs: mpsc::Receiver<Job>) {
+        while let Ok(first) = jobs.recv() {
+            let mut group = vec![first];
+            while group.len() < self.limits.max_group {
+                match jobs.try_recv() {
+                    Ok(job) => group.push(job),
+                    Err(_) => break,
+                }
+            }
+            let ops: Vec<&WriteOp> = group.iter().map(|j| &j.op).collect();
+            match self.commit_group(&ops) {
+                Ok(outcomes) => {
+                    for (job, outcome) in group.into_iter().zip(outcomes) {
+                        let _ = job.reply.send(outcome);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, writes = group.len(), "store commit failed");
+                    for job in group {
+                        let _ = job.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// One transaction for the whole group. A write that fails on its own
+    /// (a corrupt record) fails alone; a storage failure fails them all and
+    /// nothing of the group is applied.
+    fn commit_group(
+        &self,
+        ops: &[&WriteOp],
+    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let txn = self.db.begin_write().map_err(unavailable)?;
+        let mut outcomes = Vec::with_capacity(ops.len());
+        {
+            let mut visitors = txn.open_table(VISITORS).map_err(unavailable)?;
+            let mut events = txn.open_table(EVENTS).map_err(unavailable)?;
+            let mut dirty: Dirty = HashMap::new();
+            for op in ops {
+                let outcome = match op {
+                    WriteOp::Track {
+                        visitor,
+                        events: new,
+                        want_record,
+                    } => self.track(
+                        &visitors,
+                        &mut events,
+                        &mut dirty,
+                        visitor,
+                        new,
+                        *want_record,
+                    )?,
+                    WriteOp::Forget { visitor } => {
+                        let existed = match dirty.get(visitor.as_str()) {
+                            Some(r) => r.is_some(),
+                            None => visitors
+                                .get(visitor.as_str())
+                                .map_err(unavailable)?
+                                .is_some(),
+                        };
+                        remove_events(&mut events, visitor.as_str())?;
+                        dirty.insert(visitor.as_str().to_string(), None);
+                        Ok(Outcome::Forgotten { existed })
+                    }
+                    WriteOp::Purge {
+                        inactive_before,
+                        limit,
+                    } => {
+                        flush(&mut visitors, &mut dirty)?;
+                        purge(&mut visitors, &mut events, *inactive_before, *limit).map(Ok)?
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            flush(&mut visitors, &mut dirty)?;
+        }
+        txn.commit().map_err(unavailable)?;
+        Ok(outcomes)
+    }
+
+    /// The inner `Result` is this write's own failure; the outer one fails
+    /// the group.
+    fn track(
+        &self,
+        visitors: &redb::Table<&str, &[u8]>,
+        events: &mut redb::Table<(&str, u32), &[u8]>,
+        dirty: &mut Dirty,
+        visitor: &VisitorId,
+        new: &[super::NewEvent],
+        want_record: bool,
+    ) -> Result<Result<Outcome, StoreError>, StoreError> {
+        let v = visitor.as_str();
+        let current = match dirty.remove(v) {
+            Some(r) => r,
+            None => match visitors.get(v).map_err(unavailable)? {
+                Some(bytes) => match decode_record(v, bytes.value(), &self.taxonomy) {
+                    Ok(r) => Some(r),
+                    Err(e) => return Ok(Err(e)),
+                },
+                None => None,
+            },
+        };
+        let mut record = current.unwrap_or_else(|| {
+            let anchor = new
+                .first()
+                .map_or(Millis::from_unix_millis(0), |e| e.event.at);
+            VisitorRecord::new(&self.taxonomy, anchor)
+        });
+        let applied = record.track(&self.taxonomy, new.to_vec(), self.limits.dedup_window);
+        let ring = u64::from(self.limits.recent_events.max(1));
+        for e in &applied.stored {
+            let slot = (e.seq % ring) as u32;
+            let bytes = postcard::to_stdvec(e).map_err(unavailable)?;
+            events
+                .insert((v, slot), bytes.as_slice())
+                .map_err(unavailable)?;
+        }
+        let outcome = Outcome::Tracked {
+            accepted: applied.stored.len() as u32,
+            duplicates: applied.duplicates,
+            record: want_record.then(|| record.clone()),
+        };
+        dirty.insert(v.to_string(), Some(record));
+        Ok(Ok(outcome))
+    }
+}
+
+fn flush(visitors: &mut redb::Table<&str, &[u8]>, dirty: &mut Dirty) -> Result<(), StoreError> {
+    for (v, record) in dirty.drain() {
+        match record {
+            Some(r) => {
+                visitors
+                    .insert(v.as_str(), encode_record(&r)?.as_slice())
+                    .map_err(unavailable)?;
+            }
+            None => {
+                visitors.remove(v.as_str()).map_err(unavailable)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn remove_events(events: &mut redb::Table<(&str, u32), &[u8]>, v: &str) -> Result<(), StoreError> {
+    events
+        .retain_in((v, 0u32)..=(v, u32::MAX), |_, _| false)
+        .map_err(unavailable)
+}
+
+fn purge(
+    visitors: &mut redb::Table<&str, &[u8]>,
+    events: &mut redb::Table<(&str, u32), &[u8]>,
+    inactive_before: Millis,
+    limit: usize,
+) -> Result<Outcome, StoreError> {
+    let cutoff = inactive_before.as_unix_millis();
+    let mut victims = Vec::new();
+    let mut more = false;
+    for entry in visitors.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        if last_seen(v.value()) < cutoff {
+            if victims.len() == limit {
+                more = true;
+                break;
+            }
+            victims.push(k.value().to_string());
+        }
+    }
+    for v in &victims {
+        visitors.remove(v.as_str()).map_err(unavailable)?;
+        remove_events(events, v)?;
+    }
+    Ok(Outcome::Purged {
+        visitors: victims.len(),
+        more,
+    })
+}
