@@ -10,13 +10,22 @@ use rung::grpc::proto::intent_service_client::IntentServiceClient;
 use rung::grpc::proto::ScoreRequest;
 
 fn rung() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rung"));
+    rung_on(&fresh_data_dir())
+}
+
+fn fresh_data_dir() -> std::path::PathBuf {
     static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let data = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
         .join("rung-cli")
         .join(format!("{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&data);
+    data
+}
+
+/// The binary with its data in `data`.
+fn rung_on(data: &std::path::Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rung"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUNG_DATA_DIR", data)
         .env_remove("RUST_LOG")
@@ -149,4 +158,138 @@ fn a_settings_file_with_an_unknown_key_is_refused() {
 fn a_missing_model_file_is_refused_naming_the_path() {
     let stderr = refused_start(&[], &[("RUNG_MODEL", "models/nope.json")]);
     assert!(stderr.contains("models/nope.json"), "{stderr}");
+}
+
+/// Starts `rung serve` on `data` and returns it with its address.
+fn start(data: &std::path::Path) -> (Child, mpsc::Receiver<String>, String) {
+    let mut child = rung_on(data)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let serving = wait_for(&lines, "\"serving\"");
+    let log: serde_json::Value = serde_json::from_str(&serving).unwrap();
+    let addr = log["addr"].as_str().unwrap().to_string();
+    (child, lines, addr)
+}
+
+#[test]
+fn a_second_server_on_the_same_data_directory_refuses_to_start() {
+    let data = fresh_data_dir();
+    let (mut first, _lines, _) = start(&data);
+
+    let out = rung_on(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("in use by another rung process"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn every_acknowledged_event_survives_sigkill_mid_ingestion() {
+    use rung::grpc::proto::{Event, GetVisitorRequest, TrackRequest};
+    use std::sync::{Arc, Mutex};
+
+    // Arrange: a server under sustained Track load from 8 writers.
+    let data = fresh_data_dir();
+    let (mut child, _lines, addr) = start(&data);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let acked = acked.clone();
+            let addr = addr.clone();
+            rt.spawn(async move {
+                let mut client = IntentServiceClient::connect(format!("http://{addr}"))
+                    .await
+                    .unwrap();
+                // Bounded: stops at the first failure (the kill) or after 20k calls.
+                for i in 0..20_000 {
+                    let visitor = format!("crash-{w}-{i}");
+                    let events = (0..5)
+                        .map(|k| Event {
+                            r#type: "view_item".into(),
+                            time: Some(prost_types::Timestamp {
+                                seconds: now - 60 + k,
+                                nanos: 0,
+                            }),
+                            event_id: format!("{visitor}-{k}"),
+                            ..Event::default()
+                        })
+                        .collect();
+                    let req = TrackRequest {
+                        visitor_id: visitor.clone(),
+                        events,
+                    };
+                    match client.track(req).await {
+                        Ok(_) => acked.lock().unwrap().push(visitor),
+                        Err(_) => break,
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Act: once a few hundred writes are acknowledged, kill -9 mid-stream.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while acked.lock().unwrap().len() < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ingestion too slow to test"
+        );
+        std::thread::yield_now();
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    for w in writers {
+        rt.block_on(w).unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+
+    // Assert: after a restart, every acknowledged visitor has all 5 events.
+    let (mut child, _lines, addr) = start(&data);
+    let missing = rt.block_on(async {
+        let mut client = IntentServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut missing = Vec::new();
+        for v in &acked {
+            let r = client
+                .get_visitor(GetVisitorRequest {
+                    visitor_id: v.clone(),
+                    max_events: 0,
+                })
+                .await;
+            match r {
+                Ok(p) if p.get_ref().events == 5 => {}
+                other => missing.push((
+                    v.clone(),
+                    other.map(|p| p.into_inner().events).map_err(|s| s.code()),
+                )),
+            }
+        }
+        missing
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(acked.len() >= 400);
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged visitors lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
 }
