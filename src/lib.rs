@@ -17,6 +17,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod grpc;
+pub mod load;
 pub mod scoring;
 pub mod simulator;
 pub mod startup;

@@ -25,7 +25,7 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Taxonomy(#[from] TaxonomyError),
     #[error("cannot read model file {path}: {source}")]
     ModelFile {
@@ -39,7 +39,7 @@ pub enum StartupError {
         addr: SocketAddr,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -105,7 +105,9 @@ pub fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
 
 /// Purges inactive visitors every `every`, logging how many went.
 async fn retention_loop(engine: Arc<Engine>, every: std::time::Duration) {
-    let mut ticks = tokio::time::interval(every);
+    // The first purge waits one interval: a restart should not start with a
+    // full scan while clients reconnect.
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         ticks.tick().await;
         match engine.purge_inactive(Millis::now()).await {

@@ -293,3 +293,22 @@ fn every_acknowledged_event_survives_sigkill_mid_ingestion() {
         &missing[..missing.len().min(5)]
     );
 }
+
+#[test]
+fn a_data_file_that_is_not_a_store_is_refused_at_start() {
+    let data = fresh_data_dir();
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("rung.redb"), b"definitely not a database").unwrap();
+    let out = rung_on(&data)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("rung.redb") && stderr.contains("Not a redb database"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -466,3 +466,62 @@ async fn inactive_visitors_are_purged_by_the_retention_task() {
     }
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_corrupt_record_fails_that_visitor_alone_and_can_be_forgotten() {
+    // Arrange: two stored visitors, then one record overwritten with junk
+    // while the server is down.
+    let settings = test_settings();
+    let mut app = spawn_app_with(settings.clone()).await;
+    app.client.track(track("good", journey())).await.unwrap();
+    app.client.track(track("bad", journey())).await.unwrap();
+    app.stop().await;
+    {
+        let db = redb::Database::open(settings.data_dir.join("rung.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("visitors");
+            let mut table = txn.open_table(def).unwrap();
+            table
+                .insert("bad", &[0u8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0x01][..])
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let mut app = spawn_app_with(settings).await;
+
+    // Act
+    let score = app
+        .client
+        .score(ScoreRequest {
+            visitor_id: "bad".into(),
+            ..Default::default()
+        })
+        .await;
+    let tracked = app
+        .client
+        .track(track("bad", vec![recent("view_item", 5, "", "")]))
+        .await;
+    let good = app
+        .client
+        .score(ScoreRequest {
+            visitor_id: "good".into(),
+            ..Default::default()
+        })
+        .await;
+    let forgot = app
+        .client
+        .forget_visitor(ForgetVisitorRequest {
+            visitor_id: "bad".into(),
+        })
+        .await;
+    let fresh = app.client.track(track("bad", journey())).await;
+
+    // Assert
+    assert_eq!(score.unwrap_err().code(), Code::Internal);
+    assert_eq!(tracked.unwrap_err().code(), Code::Internal);
+    assert_eq!(good.unwrap().into_inner().rung, "begin_checkout");
+    assert!(forgot.unwrap().into_inner().existed);
+    assert_eq!(fresh.unwrap().into_inner().accepted, 5);
+    app.stop().await;
+}

@@ -1,0 +1,371 @@
+//! The load generator behind `rung bench`: a closed loop of real gRPC calls
+//! (connections × calls in flight), latency in an HDR histogram, errors by
+//! status code, and the server's CPU time per call read from
+//! `/proc/<pid>/stat`, so figures stay meaningful when the client is the
+//! bottleneck. Each scenario is reported next to Health/Check, the smallest
+//! unary call: the transport's floor.
+
+pub mod workload;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::grpc::proto::intent_service_client::IntentServiceClient;
+use crate::grpc::proto::{ScoreBatchRequest, ScoreRequest, TrackRequest};
+
+pub use workload::Workload;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// grpc.health.v1.Health/Check: the floor.
+    Health,
+    /// Score with a 20-event visitor sent inline.
+    Score,
+    /// Score by visitor id (stored state, no inline events).
+    ScoreById,
+    /// ScoreBatch of 100 inline visitors of 20 events.
+    ScoreBatch,
+    /// Track of a 20-event visitor (durable before the answer).
+    Track,
+    /// TrackStream: streams of messages of 100 events each.
+    TrackStream,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 6] = [
+        Scenario::Health,
+        Scenario::Score,
+        Scenario::ScoreById,
+        Scenario::ScoreBatch,
+        Scenario::Track,
+        Scenario::TrackStream,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Health => "Health/Check",
+            Scenario::Score => "Score (20 events inline)",
+            Scenario::ScoreById => "Score by id",
+            Scenario::ScoreBatch => "ScoreBatch (100 × 20 events)",
+            Scenario::Track => "Track (20 events)",
+            Scenario::TrackStream => "TrackStream (batches of 100)",
+        }
+    }
+
+    /// What one call carries, for throughput in those units.
+    pub fn unit(self) -> &'static str {
+        match self {
+            Scenario::ScoreBatch => "visitors",
+            Scenario::Track | Scenario::TrackStream => "events",
+            _ => "calls",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub connections: usize,
+    pub in_flight: usize,
+    pub warmup: Duration,
+    pub duration: Duration,
+    /// The server process, for CPU time per call.
+    pub server_pid: Option<u32>,
+    /// Messages per TrackStream call.
+    pub stream_messages: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub scenario: Scenario,
+    pub calls: u64,
+    pub units: u64,
+    pub seconds: f64,
+    /// Microseconds.
+    pub latency: Histogram<u64>,
+    pub errors: BTreeMap<String, u64>,
+    /// Server CPU (user + system) per call, microseconds.
+    pub server_cpu_per_call_us: Option<f64>,
+}
+
+impl Report {
+    pub fn calls_per_sec(&self) -> f64 {
+        self.calls as f64 / self.seconds
+    }
+
+    pub fn units_per_sec(&self) -> f64 {
+        self.units as f64 / self.seconds
+    }
+
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        self.latency.value_at_quantile(q)
+    }
+}
+
+/// Server CPU time so far (user + system), from /proc.
+pub fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after its ')' are fixed.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let per_sec = if per_sec > 0 { per_sec as u64 } else { 100 };
+    Some(Duration::from_micros(ticks * 1_000_000 / per_sec))
+}
+
+/// Runs one scenario against `channels` (one per connection).
+pub async fn run(
+    scenario: Scenario,
+    channels: &[Channel],
+    workload: Arc<Workload>,
+    opts: &LoadOptions,
+) -> Report {
+    let start = Instant::now();
+    let measure_from = start + opts.warmup;
+    let end = measure_from + opts.duration;
+    let mut tasks = Vec::new();
+    let cpu_before = Arc::new(tokio::sync::OnceCell::new());
+    for (c, channel) in channels.iter().enumerate() {
+        for f in 0..opts.in_flight {
+            let channel = channel.clone();
+            let workload = workload.clone();
+            let opts = opts.clone();
+            let cpu_before = cpu_before.clone();
+            let seed = (c * opts.in_flight + f) as u64;
+            tasks.push(tokio::spawn(async move {
+                let mut caller = Caller::new(channel, workload, seed, opts.stream_messages);
+                let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+                let (mut calls, mut units) = (0u64, 0u64);
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                loop {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let result = caller.call(scenario).await;
+                    let t1 = Instant::now();
+                    if t0 < measure_from {
+                        continue;
+                    }
+                    if let Some(pid) = opts.server_pid {
+                        cpu_before
+                            .get_or_init(|| async move { process_cpu(pid) })
+                            .await;
+                    }
+                    match result {
+                        Ok(n) => {
+                            calls += 1;
+                            units += n;
+                            let us = (t1 - t0).as_micros().max(1) as u64;
+                            let _ = hist.record(us);
+                        }
+                        Err((code, message)) => {
+                            let n = errors.entry(format!("{code:?}")).or_default();
+                            if *n == 0 {
+                                tracing::warn!(?code, %message, "call failed");
+                            }
+                            *n += 1;
+                        }
+                    }
+                }
+                (hist, calls, units, errors)
+            }));
+        }
+    }
+    let mut latency = Histogram::<u64>::new(3).expect("valid");
+    let (mut calls, mut units) = (0, 0);
+    let mut errors = BTreeMap::new();
+    for t in tasks {
+        if let Ok((h, c, u, e)) = t.await {
+            let _ = latency.add(h);
+            calls += c;
+            units += u;
+            for (k, v) in e {
+                *errors.entry(k).or_default() += v;
+            }
+        }
+    }
+    let seconds = (Instant::now() - measure_from).as_secs_f64().max(1e-9);
+    let server_cpu_per_call_us = match (opts.server_pid, cpu_before.get().copied().flatten()) {
+        (Some(pid), Some(before)) => {
+            process_cpu(pid).map(|after| (after - before).as_secs_f64() * 1e6 / calls.max(1) as f64)
+        }
+        _ => None,
+    };
+    Report {
+        scenario,
+        calls,
+        units,
+        seconds,
+        latency,
+        errors,
+        server_cpu_per_call_us,
+    }
+}
+
+fn failure(s: tonic::Status) -> (Code, String) {
+    (s.code(), s.message().to_string())
+}
+
+/// One in-flight slot: a client and its position in the workload.
+struct Caller {
+    intent: IntentServiceClient<Channel>,
+    health: HealthClient<Channel>,
+    workload: Arc<Workload>,
+    n: u64,
+    seed: u64,
+    stream_messages: usize,
+}
+
+impl Caller {
+    fn new(channel: Channel, workload: Arc<Workload>, seed: u64, stream_messages: usize) -> Caller {
+        Caller {
+            intent: IntentServiceClient::new(channel.clone())
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(64 << 20),
+            health: HealthClient::new(channel),
+            workload,
+            n: 0,
+            seed,
+            stream_messages,
+        }
+    }
+
+    /// One call; how many units it carried.
+    async fn call(&mut self, scenario: Scenario) -> Result<u64, (Code, String)> {
+        self.n += 1;
+        let i = (self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ self.n) as usize;
+        let w = &self.workload;
+        match scenario {
+            Scenario::Health => {
+                self.health
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map_err(failure)?;
+                Ok(1)
+            }
+            Scenario::Score => {
+                let (id, events) = w.visitor(i);
+                let req = ScoreRequest {
+                    visitor_id: id.to_string(),
+                    events: events.to_vec(),
+                    ..ScoreRequest::default()
+                };
+                self.intent.score(req).await.map_err(failure)?;
+                Ok(1)
+            }
+            Scenario::ScoreById => {
+                let req = ScoreRequest {
+                    visitor_id: w.stored_id(i).to_string(),
+                    ..ScoreRequest::default()
+                };
+                self.intent.score(req).await.map_err(failure)?;
+                Ok(1)
+            }
+            Scenario::ScoreBatch => {
+                let visitors = (0..100)
+                    .map(|k| {
+                        let (id, events) = w.visitor(i.wrapping_add(k));
+                        ScoreRequest {
+                            visitor_id: id.to_string(),
+                            events: events.to_vec(),
+                            ..ScoreRequest::default()
+                        }
+                    })
+                    .collect();
+                self.intent
+                    .score_batch(ScoreBatchRequest { visitors })
+                    .await
+                    .map_err(failure)?;
+                Ok(100)
+            }
+            Scenario::Track => {
+                let (_, events) = w.visitor(i);
+                let req = TrackRequest {
+                    visitor_id: format!("bench-track-{}-{}", self.seed, self.n),
+                    events: events.to_vec(),
+                };
+                let n = req.events.len() as u64;
+                self.intent.track(req).await.map_err(failure)?;
+                Ok(n)
+            }
+            Scenario::TrackStream => {
+                let messages: Vec<TrackRequest> = (0..self.stream_messages)
+                    .map(|k| {
+                        w.batch_of_100(&format!("bench-stream-{}-{}-{k}", self.seed, self.n), i + k)
+                    })
+                    .collect();
+                let summary = self
+                    .intent
+                    .track_stream(tokio_stream::iter(messages))
+                    .await
+                    .map_err(failure)?
+                    .into_inner();
+                if let Some(r) = summary.rejections.first() {
+                    return Err((Code::InvalidArgument, r.reason.clone()));
+                }
+                Ok(summary.accepted + summary.duplicates)
+            }
+        }
+    }
+}
+
+/// The figures as a Markdown table, each scenario's ratio to Health's.
+pub fn table(reports: &[Report]) -> String {
+    let health = reports.iter().find(|r| r.scenario == Scenario::Health);
+    let mut out = String::from(
+        "| scenario | calls/s | units/s | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU µs/call | vs Health calls/s | vs Health p99 | errors |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in reports {
+        let cpu = r
+            .server_cpu_per_call_us
+            .map_or("n/a".to_string(), |c| format!("{c:.1}"));
+        let (ratio, p99) = match health {
+            Some(h) if h.calls > 0 => (
+                format!("{:.2}", r.calls_per_sec() / h.calls_per_sec()),
+                format!(
+                    "{:+} µs",
+                    r.quantile_us(0.99) as i64 - h.quantile_us(0.99) as i64
+                ),
+            ),
+            _ => ("n/a".into(), "n/a".into()),
+        };
+        let errors = if r.errors.is_empty() {
+            "0".to_string()
+        } else {
+            r.errors
+                .iter()
+                .map(|(k, v)| format!("{k}: {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.0} {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario.name(),
+            r.calls_per_sec(),
+            r.units_per_sec(),
+            r.scenario.unit(),
+            r.quantile_us(0.5),
+            r.quantile_us(0.9),
+            r.quantile_us(0.99),
+            r.quantile_us(0.999),
+            cpu,
+            ratio,
+            p99,
+            errors
+        ));
+    }
+    out
+}
