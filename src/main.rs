@@ -324,6 +324,8 @@ mod bench {
     }
 
     pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+        // Read before pinning, which narrows what this process sees.
+        let machine = machine();
         if let Some(cpu) = args.client_cpu {
             pin_self(cpu)?;
         }
@@ -385,11 +387,7 @@ mod bench {
             }
             println!(
                 "{} connection(s) x {} in flight, {:?} warm-up, {:?} measured; {}\n",
-                opts.connections,
-                opts.in_flight,
-                opts.warmup,
-                opts.duration,
-                machine()
+                opts.connections, opts.in_flight, opts.warmup, opts.duration, machine
             );
             print!("{}", load::table(&reports));
             anyhow::Ok(())
