@@ -7,9 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use rung::config::{LogFormat, Settings};
-use rung::domain::Millis;
-use rung::startup::{load_taxonomy, Application};
-use rung::training::bootstrap::{bootstrap, BootstrapOptions};
+use rung::startup::Application;
 
 #[derive(Parser)]
 #[command(
@@ -42,20 +40,15 @@ enum Command {
     /// Load-test a server: closed loop, latency percentiles, errors by code,
     /// server CPU per call, each scenario next to Health/Check.
     Bench(BenchArgs),
-    /// Train the bootstrap model on simulated journeys and write it as an
-    /// artifact (by default over models/default.json).
-    BootstrapModel {
-        #[arg(long, default_value = rung::config::DEFAULT_MODEL_PATH)]
-        out: PathBuf,
-        /// Simulated visitors.
-        #[arg(long, default_value_t = 40_000)]
-        visitors: usize,
-        #[arg(long, default_value_t = 7)]
-        seed: u64,
-        /// A taxonomy TOML file [default: the built-in one].
-        #[arg(long)]
-        taxonomy: Option<PathBuf>,
-    },
+    /// Train a model from an event log (or a feature table) and write the
+    /// artifact, a metrics file and plots.
+    Train(Box<offline::TrainArgs>),
+    /// Judge an existing model on an event log, next to the ladder alone.
+    Evaluate(Box<offline::EvaluateArgs>),
+    /// Propose ladder points per event type from a fitted model (TOML).
+    SuggestLadder(offline::SuggestArgs),
+    /// Write simulated journeys as an event log (rung's CSV layout).
+    Simulate(offline::SimulateArgs),
 }
 
 #[derive(clap::Args)]
@@ -120,15 +113,16 @@ fn main() -> anyhow::Result<()> {
             rung::telemetry::init(LogFormat::Human, "warn");
             bench::run(args)
         }
-        Command::BootstrapModel {
-            out,
-            visitors,
-            seed,
-            taxonomy,
-        } => {
-            rung::telemetry::init(LogFormat::Human, "info");
-            bootstrap_model(&out, visitors, seed, taxonomy.as_deref())
+        Command::Train(args) => {
+            rung::telemetry::init(LogFormat::Human, "warn");
+            offline::train(*args)
         }
+        Command::Evaluate(args) => {
+            rung::telemetry::init(LogFormat::Human, "warn");
+            offline::evaluate(*args)
+        }
+        Command::SuggestLadder(args) => offline::suggest_ladder(args),
+        Command::Simulate(args) => offline::simulate(args),
     }
 }
 
@@ -172,49 +166,9 @@ async fn shutdown_signal() {
     }
 }
 
-fn bootstrap_model(
-    out: &Path,
-    visitors: usize,
-    seed: u64,
-    taxonomy: Option<&Path>,
-) -> anyhow::Result<()> {
-    let taxonomy = load_taxonomy(taxonomy)?;
-    let mut opts = BootstrapOptions::default();
-    opts.sim.visitors = visitors;
-    opts.sim.seed = seed;
-    let report = bootstrap(&taxonomy, &opts, Millis::now())?;
-    let a = &report.artifact;
-    let f = &report.funnel;
-    println!(
-        "simulated {} visitors, {} sessions: {:.1}% add to cart, {:.2}% purchase (new {:.2}%, returning {:.2}%)",
-        visitors,
-        f.sessions,
-        100.0 * f.add_to_cart_rate,
-        100.0 * f.purchase_rate,
-        100.0 * f.new_visitor_purchase_rate,
-        100.0 * f.returning_visitor_purchase_rate
-    );
-    let v = &a.metrics.validation;
-    let l = &a.metrics.ladder_baseline;
-    println!(
-        "trained on {} examples ({} positive); validation: {} examples, base rate {:.3}",
-        a.training.examples, a.training.positives, v.examples, v.base_rate
-    );
-    println!(
-        "  model:  ROC AUC {:.4}  log loss {:.4}  Brier {:.4}",
-        v.roc_auc.unwrap_or(f64::NAN),
-        v.log_loss.unwrap_or(f64::NAN),
-        v.brier.unwrap_or(f64::NAN)
-    );
-    println!("  ladder: ROC AUC {:.4}", l.roc_auc.unwrap_or(f64::NAN));
-    write_atomically(out, &serde_json::to_string_pretty(a)?)?;
-    println!("wrote {} (version {})", out.display(), a.version);
-    Ok(())
-}
-
 /// Writes to a temporary file beside `path`, syncs, then renames over it, so
 /// a reader sees the old file or the new one, never half of one.
-fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -233,6 +187,8 @@ fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
     Ok(())
 }
+
+mod offline;
 
 mod bench {
     //! `rung bench`: sets up the server and the workload, runs the scenarios

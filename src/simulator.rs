@@ -4,6 +4,8 @@
 //! benchmarks until a shop's own events are at hand; nothing in the serving
 //! path depends on it.
 
+use std::io::Write;
+
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
@@ -231,6 +233,28 @@ impl Session<'_> {
     fn exponential(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.rng.gen::<f64>()).ln()
     }
+}
+
+/// Writes journeys as an event log in rung's own CSV layout
+/// (`visitor_id,time,type,item_id,value,event_id`, time in Unix ms), the
+/// layout `rung train` reads by default.
+pub fn write_csv(journeys: &[Journey], out: impl std::io::Write) -> std::io::Result<()> {
+    let mut w = std::io::BufWriter::new(out);
+    writeln!(w, "visitor_id,time,type,item_id,value,event_id")?;
+    for j in journeys {
+        for (k, e) in j.events.iter().enumerate() {
+            writeln!(
+                w,
+                "{},{},{},{},,{}-{k}",
+                j.visitor_id,
+                e.at.as_unix_millis(),
+                e.name,
+                e.item_id,
+                j.visitor_id
+            )?;
+        }
+    }
+    w.flush()
 }
 
 /// Session-level funnel figures, to compare with published ones.

@@ -7,7 +7,7 @@ use common::*;
 use rung::domain::Taxonomy;
 use rung::grpc::proto::{Event, ScoreRequest};
 use rung::simulator::{simulate, SimConfig};
-use rung::training::examples::session_examples;
+use rung::training::examples::{build, data_end, resolve_journey, Cutoffs};
 
 #[tokio::test]
 async fn served_features_equal_training_rows_for_simulated_visitors() {
@@ -18,13 +18,24 @@ async fn served_features_equal_training_rows_for_simulated_visitors() {
         seed: 11,
         ..SimConfig::default()
     });
-    let examples = session_examples(&taxonomy, &journeys, 7 * 86_400_000, 3);
+    let visitors: Vec<_> = journeys
+        .iter()
+        .map(|j| (j.visitor_id.clone(), resolve_journey(&taxonomy, j)))
+        .collect();
+    let examples = build(
+        &taxonomy,
+        &visitors,
+        &Cutoffs::PageView { seed: 3 },
+        86_400_000,
+        data_end(&visitors),
+        &|_| {},
+    );
     assert!(examples.len() >= 60);
     let mut app = spawn_app().await;
 
     for row in 0..examples.len() {
-        let j = &journeys[examples.journey[row]];
-        let (secs, nanos) = examples.cutoff[row].to_parts();
+        let j = &journeys[examples.visitor[row]];
+        let (secs, nanos) = examples.as_of[row].to_parts();
         // The whole history goes to the server; what lies after the cut-off
         // must be left out there just as training leaves it out.
         let req = ScoreRequest {

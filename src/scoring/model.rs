@@ -62,6 +62,9 @@ pub struct Figures {
     pub base_rate: f64,
     /// Absent when the data has only one class.
     pub roc_auc: Option<f64>,
+    /// Average precision; absent in artifacts written before it was added.
+    #[serde(default)]
+    pub pr_auc: Option<f64>,
     /// Absent for the ladder baseline, whose score is not a probability.
     pub log_loss: Option<f64>,
     pub brier: Option<f64>,

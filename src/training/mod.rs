@@ -1,11 +1,13 @@
 //! The offline side: point-in-time examples from event histories, fitting
-//! the logistic model with linfa, honest metrics, and the bootstrap model
-//! built from simulated journeys.
+//! the logistic model with linfa, honest metrics and reports.
 
-pub mod bootstrap;
+pub mod evaluation;
+pub mod eventlog;
 pub mod examples;
 pub mod fit;
 pub mod metrics;
+pub mod pipeline;
+pub mod report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -15,6 +17,10 @@ pub enum TrainError {
     OneClass,
     #[error("a feature value is not finite: example {row}, feature {feature}")]
     NonFinite { row: usize, feature: String },
-    #[error("linfa-logistic failed: {0}")]
+    #[error("linfa-logistic failed: {0} (try scaling the data, a stronger L2 strength or more iterations)")]
     Solver(String),
+    #[error("no examples: no visitor has events before a cut-off with a whole label window after it (use a shorter --horizon-days or an earlier cut-off)")]
+    NoExamples,
+    #[error("the {0} part holds no purchases; use more data, --validation kfold, or the ladder alone")]
+    EmptySplit(&'static str),
 }
