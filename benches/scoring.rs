@@ -53,9 +53,10 @@ fn visitor(taxonomy: &Taxonomy, n: usize, seed: u64) -> Vec<Event> {
     events
 }
 
+const MODEL_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json");
+
 fn model(taxonomy: &Taxonomy) -> Model {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json"))
-        .expect("models/default.json");
+    let text = std::fs::read_to_string(MODEL_PATH).expect("models/default.json");
     Model::from_json(&text, taxonomy).expect("model loads")
 }
 
@@ -79,7 +80,8 @@ fn pure_scoring(c: &mut Criterion) {
 fn engine_score(c: &mut Criterion) {
     let settings = Settings::default();
     let taxonomy = Taxonomy::builtin();
-    let model = model(&taxonomy);
+    let model =
+        rung::deploy::load(std::path::Path::new(MODEL_PATH), &taxonomy).expect("model loads");
     let data = tempfile::tempdir().unwrap();
     let taxonomy = Arc::new(taxonomy);
     let store = RedbStore::open(
@@ -94,7 +96,7 @@ fn engine_score(c: &mut Criterion) {
     .unwrap();
     let engine = Engine::new(
         taxonomy.clone(),
-        Arc::new(model),
+        model,
         Arc::new(store),
         EngineSettings {
             scoring: settings.scoring.clone(),

@@ -21,10 +21,13 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// A taxonomy TOML file; unset means the built-in `config/taxonomy.toml`.
     pub taxonomy: Option<PathBuf>,
-    /// The model artifact. When it is the default path and that file is
-    /// missing, the copy compiled into the binary is used, so `rung serve`
-    /// runs anywhere.
+    /// The model artifact (relative paths are from the working directory).
     pub model: PathBuf,
+    /// How often, in seconds, the server looks at the model file's metadata
+    /// (modification time, length) and reloads it when it changed; 0 turns
+    /// the watch off. A refused artifact is logged and the old model keeps
+    /// serving.
+    pub model_watch_secs: u64,
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `rung=debug,tower=warn`); RUST_LOG wins.
     pub log_level: String,
@@ -112,6 +115,7 @@ impl Default for Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             taxonomy: None,
             model: PathBuf::from(DEFAULT_MODEL_PATH),
+            model_watch_secs: 2,
             log_format: LogFormat::Human,
             log_level: "info".into(),
             data_dir: PathBuf::from("data"),
@@ -157,6 +161,9 @@ impl Default for Limits {
         }
     }
 }
+
+/// The slowest model file watch: a day.
+pub const MAX_MODEL_WATCH_SECS: u64 = 86_400;
 
 /// The most reasons a score can carry.
 pub const MAX_REASONS: u32 = 10;
@@ -242,6 +249,17 @@ impl Settings {
                 return invalid(key, "must be at least 1".into());
             }
         }
+        // A day: a slower watch is a misconfiguration (0 turns it off), and
+        // the bound keeps the timer's arithmetic far from overflow.
+        if self.model_watch_secs > MAX_MODEL_WATCH_SECS {
+            return invalid(
+                "model_watch_secs",
+                format!(
+                    "must be at most {MAX_MODEL_WATCH_SECS} (a day; 0 turns the watch off), got {}",
+                    self.model_watch_secs
+                ),
+            );
+        }
         // Ten years: beyond that a "skew" is a misconfiguration, and the
         // bound keeps the arithmetic on instants far from overflow.
         if l.max_future_skew_secs > 10 * 365 * 86_400 {
@@ -297,6 +315,15 @@ mod tests {
         let mut s = Settings::default();
         s.bands.high = 0.01;
         assert!(s.validate().unwrap_err().to_string().contains("bands"));
+        let s = Settings {
+            model_watch_secs: MAX_MODEL_WATCH_SECS + 1,
+            ..Settings::default()
+        };
+        assert!(s
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("model_watch_secs"));
     }
 
     #[test]
@@ -327,6 +354,10 @@ mod example_file {
         let keys_documented = toml::from_str::<toml::Table>(text).unwrap();
         let defaults = toml::Table::try_from(Settings::default()).unwrap();
         for (key, value) in &defaults {
+            assert!(
+                keys_documented.contains_key(key),
+                "{key} is not in the example"
+            );
             if let Some(section) = value.as_table() {
                 let documented = keys_documented[key].as_table().unwrap();
                 for k in section.keys() {

@@ -1,10 +1,15 @@
 //! The facade the transport calls: it holds the taxonomy, the model, the
 //! store and the settings, and turns validated queries into scores, writes
 //! and profiles. Scoring itself is pure code in [`crate::scoring`].
+//!
+//! The model can be replaced while serving ([`crate::deploy`]): every call
+//! takes the serving model once, at its start, and scores with it to the end.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::{Bands, Limits, ScoringSettings};
+use crate::deploy::{DeployError, Deployed, ModelSlot, ModelState, ModelWatch, Polled, Swap};
 use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, Stage, Taxonomy, VisitorId};
 use crate::scoring::{self, Ladder, Model, Observation};
@@ -92,11 +97,14 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("the store answered a write with the wrong outcome")]
     UnexpectedOutcome,
+    /// A model artifact was refused; the serving model stays.
+    #[error(transparent)]
+    Model(#[from] DeployError),
 }
 
 pub struct Engine {
     taxonomy: Arc<Taxonomy>,
-    model: Arc<Model>,
+    model: ModelSlot,
     scoring: ScoringSettings,
     bands: Bands,
     limits: Limits,
@@ -116,13 +124,13 @@ pub struct EngineSettings {
 impl Engine {
     pub fn new(
         taxonomy: Arc<Taxonomy>,
-        model: Arc<Model>,
+        model: Deployed,
         store: Arc<dyn Store>,
         settings: EngineSettings,
     ) -> Engine {
         Engine {
+            model: ModelSlot::new(taxonomy.clone(), model),
             taxonomy,
-            model,
             scoring: settings.scoring,
             bands: settings.bands,
             limits: settings.limits,
@@ -135,8 +143,36 @@ impl Engine {
         &self.taxonomy
     }
 
-    pub fn model(&self) -> &Model {
-        &self.model
+    /// The serving model, with where and when it was loaded.
+    pub fn model(&self) -> Arc<Deployed> {
+        self.model.current()
+    }
+
+    /// The serving model and the latest artifact refused since it loaded.
+    pub fn model_state(&self) -> ModelState {
+        self.model.state()
+    }
+
+    /// Re-reads the serving model's file, or `path`, and swaps the model in.
+    /// A refused artifact changes nothing: the serving model stays.
+    pub fn reload_model(&self, path: Option<&Path>) -> Result<Swap, EngineError> {
+        let swap = self.model.reload(path)?;
+        log_swap(&swap, "reload requested");
+        Ok(swap)
+    }
+
+    /// Remembers the serving model's file, for [`Engine::poll_model_file`].
+    pub fn model_watch(&self) -> ModelWatch {
+        ModelWatch::new(&self.model)
+    }
+
+    /// Reloads the serving model's file if it changed since the last poll.
+    pub fn poll_model_file(&self, watch: &mut ModelWatch) -> Polled {
+        let polled = watch.poll(&self.model);
+        if let Polled::Swapped(swap) = &polled {
+            log_swap(swap, "model file changed");
+        }
+        polled
     }
 
     pub fn scoring(&self) -> &ScoringSettings {
@@ -154,8 +190,12 @@ impl Engine {
 
     /// Scores a visitor: stored events plus the query's inline ones.
     pub fn score(&self, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
+        self.score_by(&self.model.current().model, q, now)
+    }
+
+    fn score_by(&self, model: &Model, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
         let stored = self.store.load(&q.visitor)?;
-        self.score_with(q, stored.as_ref(), now)
+        self.score_with(model, q, stored.as_ref(), now)
     }
 
     /// One score per query, in order; each equal to [`Engine::score`] of it.
@@ -164,11 +204,17 @@ impl Engine {
         queries: Vec<ScoreQuery>,
         now: Millis,
     ) -> Result<Vec<Score>, EngineError> {
-        queries.into_iter().map(|q| self.score(q, now)).collect()
+        // One model for the whole batch: results of one call are comparable.
+        let serving = self.model.current();
+        queries
+            .into_iter()
+            .map(|q| self.score_by(&serving.model, q, now))
+            .collect()
     }
 
     fn score_with(
         &self,
+        model: &Model,
         mut q: ScoreQuery,
         stored: Option<&VisitorRecord>,
         now: Millis,
@@ -208,6 +254,7 @@ impl Engine {
             Some(_) => self.replay(&q.visitor, inline, as_of)?,
         };
         Ok(self.finish(
+            model,
             q,
             obs,
             as_of,
@@ -241,22 +288,23 @@ impl Engine {
 
     fn finish(
         &self,
+        model: &Model,
         q: ScoreQuery,
         obs: Observation,
         as_of: Millis,
         after_as_of: usize,
         dup: u32,
     ) -> Score {
-        let prediction = self.model.predict(&obs.features);
-        let reasons = top_reasons(&self.model, &obs.features, q.max_reasons)
+        let prediction = model.predict(&obs.features);
+        let reasons = top_reasons(model, &obs.features, q.max_reasons)
             .into_iter()
-            .map(|i| self.reason(i, obs.features[i]))
+            .map(|i| reason(model, i, obs.features[i]))
             .collect();
         let features = if q.explain {
             obs.features
                 .iter()
                 .enumerate()
-                .map(|(i, &v)| self.reason(i, v))
+                .map(|(i, &v)| reason(model, i, v))
                 .collect()
         } else {
             Vec::new()
@@ -275,7 +323,7 @@ impl Engine {
             ladder: obs.ladder,
             reasons,
             features,
-            model_version: self.model.version().to_string(),
+            model_version: model.version().to_string(),
             ignored_after_as_of: after_as_of as u32,
             ignored_unknown_type: q.ignored_unknown_type,
             ignored_duplicate: dup,
@@ -284,6 +332,9 @@ impl Engine {
 
     /// Stores events and scores the visitor afterwards.
     pub async fn track(&self, q: TrackQuery, now: Millis) -> Result<Tracked, EngineError> {
+        // Taken before the write: the score after it uses the model serving
+        // when the call started, like every other call.
+        let serving = self.model.current();
         let visitor = q.visitor.clone();
         let ignored_unknown_type = q.ignored_unknown_type;
         match store::settle(self.submit_track(q, true)).await? {
@@ -300,7 +351,7 @@ impl Engine {
                     explain: false,
                     ignored_unknown_type,
                 };
-                let score = self.score_with(query, Some(&record), now)?;
+                let score = self.score_with(&serving.model, query, Some(&record), now)?;
                 Ok(Tracked {
                     accepted,
                     duplicates,
@@ -362,14 +413,6 @@ impl Engine {
         }
     }
 
-    fn reason(&self, i: usize, value: f64) -> Reason {
-        Reason {
-            feature: self.model.feature_names()[i].clone(),
-            contribution: self.model.contribution(i, value),
-            value,
-        }
-    }
-
     fn band(&self, p: f64) -> Band {
         if p >= self.bands.high {
             Band::High
@@ -379,6 +422,25 @@ impl Engine {
             Band::Low
         }
     }
+}
+
+fn reason(model: &Model, i: usize, value: f64) -> Reason {
+    Reason {
+        feature: model.feature_names()[i].clone(),
+        contribution: model.contribution(i, value),
+        value,
+    }
+}
+
+fn log_swap(swap: &Swap, trigger: &'static str) {
+    tracing::info!(
+        model_version = swap.current.version(),
+        previous_version = swap.previous.version(),
+        changed = swap.changed(),
+        path = %swap.current.path.display(),
+        trigger,
+        "model swapped in"
+    );
 }
 
 /// Indices of the `k` features with the largest non-zero |contribution|,

@@ -6,6 +6,8 @@
 //! - [`startup`]: loads taxonomy and model, binds, serves until stopped.
 //! - [`engine`]: the facade the transport calls; turns validated queries
 //!   into scores.
+//! - [`deploy`]: the serving model — loading artifact files, swapping a new
+//!   model in without dropping a call, watching the file for changes.
 //! - [`scoring`]: pure math — the one feature function, the weighted ladder,
 //!   the logistic model.
 //! - [`domain`]: validated types — time, visitor ids, events, the taxonomy.
@@ -14,6 +16,7 @@
 //! - [`config`] and [`telemetry`]: settings and logging, set up once.
 
 pub mod config;
+pub mod deploy;
 pub mod domain;
 pub mod engine;
 pub mod grpc;

@@ -52,15 +52,18 @@ pub struct MappingArgs {
 }
 
 fn column(s: &str) -> Column {
-    s.parse::<usize>().map_or_else(|_| Column::Name(s.to_string()), Column::Index)
+    s.parse::<usize>()
+        .map_or_else(|_| Column::Name(s.to_string()), Column::Index)
 }
 
 impl MappingArgs {
     fn mapping(&self) -> anyhow::Result<Mapping> {
         let mut m = match (&self.mapping, self.preset) {
             (Some(path), _) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                Mapping::from_toml(&text).map_err(|e| anyhow::anyhow!("mapping {}: {e}", path.display()))?
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                Mapping::from_toml(&text)
+                    .map_err(|e| anyhow::anyhow!("mapping {}: {e}", path.display()))?
             }
             (None, p) => p.unwrap_or(Preset::Rung).mapping(),
         };
@@ -215,10 +218,18 @@ impl Progress for Bars {
     }
 }
 
-fn read_log(path: &Path, mapping: &MappingArgs, taxonomy: &Taxonomy, max_bad_rows: usize, bars: &Bars) -> anyhow::Result<EventLog> {
+fn read_log(
+    path: &Path,
+    mapping: &MappingArgs,
+    taxonomy: &Taxonomy,
+    max_bad_rows: usize,
+    bars: &Bars,
+) -> anyhow::Result<EventLog> {
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     bars.bytes("reading the event log", size);
-    let log = eventlog::read(path, &mapping.mapping()?, taxonomy, max_bad_rows, &|n| bars.set(n))?;
+    let log = eventlog::read(path, &mapping.mapping()?, taxonomy, max_bad_rows, &|n| {
+        bars.set(n)
+    })?;
     bars.done();
     eprintln!(
         "read {} rows: {} events of {} visitors; {} rows with unmapped event names, {} filtered out, {} malformed (skipped)",
@@ -232,8 +243,15 @@ fn read_log(path: &Path, mapping: &MappingArgs, taxonomy: &Taxonomy, max_bad_row
     if !log.unmapped.is_empty() {
         let mut top: Vec<(&String, &u64)> = log.unmapped.iter().collect();
         top.sort_by(|a, b| b.1.cmp(a.1));
-        let names: Vec<String> = top.iter().take(10).map(|(n, c)| format!("{n:?} ×{c}")).collect();
-        eprintln!("unmapped event names (add aliases to the taxonomy): {}", names.join(", "));
+        let names: Vec<String> = top
+            .iter()
+            .take(10)
+            .map(|(n, c)| format!("{n:?} ×{c}"))
+            .collect();
+        eprintln!(
+            "unmapped event names (add aliases to the taxonomy): {}",
+            names.join(", ")
+        );
     }
     for b in log.bad_rows.iter().take(5) {
         eprintln!("skipped line {}: {}", b.line, b.reason);
@@ -269,7 +287,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         class_weight: args.class_weight,
         description: format!(
             "trained by rung train on {} ({} visitors, {} events)",
-            events.file_name().and_then(|n| n.to_str()).unwrap_or("events"),
+            events
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("events"),
             log.visitors.len(),
             log.events
         ),
@@ -280,15 +301,26 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let outcome = pipeline::train(&taxonomy, &log.visitors, &opts, Millis::now(), &bars)?;
     write_atomically(&args.out, &serde_json::to_string_pretty(&outcome.artifact)?)?;
     let (metrics_path, report_dir) = report::paths_beside(&args.out);
-    write_atomically(&metrics_path, &serde_json::to_string_pretty(&report::metrics_json(&outcome))?)?;
+    write_atomically(
+        &metrics_path,
+        &serde_json::to_string_pretty(&report::metrics_json(&outcome))?,
+    )?;
     if !args.no_plots {
-        report::write_plots(&report_dir, &outcome).map_err(|e| anyhow::anyhow!("writing plots: {e}"))?;
+        report::write_plots(&report_dir, &outcome)
+            .map_err(|e| anyhow::anyhow!("writing plots: {e}"))?;
     }
     println!("{}", report::summary(&outcome));
-    println!("wrote {} (version {})", args.out.display(), outcome.artifact.version);
+    println!(
+        "wrote {} (version {})",
+        args.out.display(),
+        outcome.artifact.version
+    );
     println!("wrote {}", metrics_path.display());
     if !args.no_plots {
-        println!("wrote {}/{{roc,pr,calibration,coefficients}}.svg", report_dir.display());
+        println!(
+            "wrote {}/{{roc,pr,calibration,coefficients}}.svg",
+            report_dir.display()
+        );
     }
     Ok(())
 }
@@ -322,24 +354,46 @@ pub struct EvaluateArgs {
 
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
-    let text = std::fs::read_to_string(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
-    let artifact: ModelArtifact = serde_json::from_str(&text).with_context(|| format!("{} is not a model artifact", args.model.display()))?;
-    let model = Model::from_artifact(&artifact, &taxonomy).with_context(|| format!("model {}", args.model.display()))?;
+    let text = std::fs::read_to_string(&args.model)
+        .with_context(|| format!("reading {}", args.model.display()))?;
+    let artifact: ModelArtifact = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a model artifact", args.model.display()))?;
+    let model = Model::from_artifact(&artifact, &taxonomy)
+        .with_context(|| format!("model {}", args.model.display()))?;
     let bars = Bars::new();
-    let log = read_log(&args.events, &args.mapping, &taxonomy, args.max_bad_rows, &bars)?;
+    let log = read_log(
+        &args.events,
+        &args.mapping,
+        &taxonomy,
+        args.max_bad_rows,
+        &bars,
+    )?;
     let horizon_ms = (args.horizon_days.unwrap_or(artifact.horizon_days) * 86_400_000.0) as i64;
-    bars.step("building point-in-time examples", Some(log.visitors.len() as u64));
-    let ex = build(&taxonomy, &log.visitors, &args.cutoffs, horizon_ms, data_end(&log.visitors), &|n| bars.set(n));
+    bars.step(
+        "building point-in-time examples",
+        Some(log.visitors.len() as u64),
+    );
+    let ex = build(
+        &taxonomy,
+        &log.visitors,
+        &args.cutoffs,
+        horizon_ms,
+        data_end(&log.visitors),
+        &|n| bars.set(n),
+    );
     bars.done();
     if ex.is_empty() {
         bail!("no examples: no visitor has events before a cut-off with a whole label window after it");
     }
-    let p: Vec<f64> = ex
-        .x
-        .rows()
-        .into_iter()
-        .map(|r| model.predict(r.as_slice().expect("standard layout")).probability)
-        .collect();
+    let p: Vec<f64> =
+        ex.x.rows()
+            .into_iter()
+            .map(|r| {
+                model
+                    .predict(r.as_slice().expect("standard layout"))
+                    .probability
+            })
+            .collect();
     let m = evaluation::evaluate(&p, &ex.y, true);
     let l = evaluation::evaluate(&ex.ladder_score, &ex.y, false);
     println!("model {} on {}", artifact.version, args.events.display());
@@ -347,8 +401,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     if let Some(dir) = &args.report_dir {
         std::fs::create_dir_all(dir)?;
         let json = serde_json::json!({ "model_version": artifact.version, "validation": m, "ladder_baseline": l });
-        write_atomically(&dir.join("metrics.json"), &serde_json::to_string_pretty(&json)?)?;
-        report::plots(dir, &m, &l, &artifact.feature_names, &artifact.coefficients).map_err(|e| anyhow::anyhow!("writing plots: {e}"))?;
+        write_atomically(
+            &dir.join("metrics.json"),
+            &serde_json::to_string_pretty(&json)?,
+        )?;
+        report::plots(dir, &m, &l, &artifact.feature_names, &artifact.coefficients)
+            .map_err(|e| anyhow::anyhow!("writing plots: {e}"))?;
         println!("wrote {}", dir.display());
     }
     Ok(())
@@ -370,12 +428,18 @@ pub struct SuggestArgs {
 /// through the type's standardized coefficient), times a scale.
 pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
     let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
-    let text = std::fs::read_to_string(&args.model).with_context(|| format!("reading {}", args.model.display()))?;
+    let text = std::fs::read_to_string(&args.model)
+        .with_context(|| format!("reading {}", args.model.display()))?;
     let artifact: ModelArtifact = serde_json::from_str(&text)?;
     Model::from_artifact(&artifact, &taxonomy)?;
-    println!("# Ladder points suggested by model {} ({} points per unit of log-odds).", artifact.version, args.points_per_log_odds);
+    println!(
+        "# Ladder points suggested by model {} ({} points per unit of log-odds).",
+        artifact.version, args.points_per_log_odds
+    );
     println!("# Each is the log-odds a first occurrence adds, holding the rest fixed; review before use.");
-    println!("# Stages, half-lives and caps are the running taxonomy's. Changing points changes the");
+    println!(
+        "# Stages, half-lives and caps are the running taxonomy's. Changing points changes the"
+    );
     println!("# ladder_points feature, so retrain the model with the new taxonomy afterwards.\n");
     for (i, t) in taxonomy.types().iter().enumerate() {
         let k = artifact
@@ -389,7 +453,10 @@ pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
         println!("[[types]]");
         println!("name = {:?}", t.name);
         println!("stage = {:?}", t.stage.name());
-        println!("points = {points:.1}  # was {}; first occurrence: {log_odds:+.3} log-odds", t.points);
+        println!(
+            "points = {points:.1}  # was {}; first occurrence: {log_odds:+.3} log-odds",
+            t.points
+        );
         if t.half_life_ms.is_finite() {
             println!("half_life_days = {}", t.half_life_ms / 86_400_000.0);
         }
@@ -419,7 +486,8 @@ pub fn simulate(args: SimulateArgs) -> anyhow::Result<()> {
     };
     let journeys = rung::simulator::simulate(&cfg);
     let f = rung::simulator::funnel_figures(&journeys);
-    let file = std::fs::File::create(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    let file = std::fs::File::create(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
     rung::simulator::write_csv(&journeys, file)?;
     println!(
         "wrote {}: {} visitors, {} sessions; {:.1}% of sessions add to cart, {:.2}% purchase (first visits {:.2}%, returning {:.2}%)",

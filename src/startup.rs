@@ -1,5 +1,6 @@
 //! Building and running the server: load the taxonomy and the model, bind,
-//! serve until told to stop. Tests use the same path on port 0.
+//! serve until told to stop, with the background tasks (retention purge,
+//! model file watch) beside it. Tests use the same path on port 0.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,11 +12,13 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::Settings;
+use crate::deploy::{self, DeployError, Polled};
 use crate::domain::{Millis, Taxonomy, TaxonomyError};
 use crate::engine::{Engine, EngineSettings};
 use crate::grpc::proto::intent_service_server::IntentServiceServer;
-use crate::grpc::{proto, IntentApi};
-use crate::scoring::{Model, ModelError};
+use crate::grpc::proto::model_service_server::ModelServiceServer;
+use crate::grpc::{proto, IntentApi, ModelApi};
+use crate::scoring::Model;
 use crate::store::{RedbStore, StoreError, StoreLimits};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +30,8 @@ pub enum StartupError {
     },
     #[error(transparent)]
     Taxonomy(#[from] TaxonomyError),
-    #[error("cannot read model file {path}: {source}")]
-    ModelFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("model {path}: {source}")]
-    Model { path: PathBuf, source: ModelError },
+    #[error(transparent)]
+    Model(#[from] DeployError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -58,26 +56,22 @@ pub fn load_taxonomy(path: Option<&Path>) -> Result<Taxonomy, StartupError> {
     }
 }
 
+/// The checked model in the artifact at `path`, without what
+/// [`deploy::load`] keeps beside it.
 pub fn load_model(path: &Path, taxonomy: &Taxonomy) -> Result<Model, StartupError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StartupError::ModelFile {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Model::from_json(&text, taxonomy).map_err(|source| StartupError::Model {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(deploy::load(path, taxonomy)?.model)
 }
 
 /// The engine the settings describe, over the embedded store in
 /// `settings.data_dir`.
 pub fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
     let taxonomy = Arc::new(load_taxonomy(settings.taxonomy.as_deref())?);
-    let model = load_model(&settings.model, &taxonomy)?;
+    let model = deploy::load(&settings.model, &taxonomy)?;
     tracing::info!(
         model_version = model.version(),
-        features = model.feature_names().len(),
+        features = model.model.feature_names().len(),
         taxonomy = taxonomy.fingerprint(),
+        path = %model.path.display(),
         "model loaded"
     );
     let store = RedbStore::open(
@@ -92,7 +86,7 @@ pub fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
     tracing::info!(data_dir = %settings.data_dir.display(), "store opened");
     Ok(Engine::new(
         taxonomy,
-        Arc::new(model),
+        model,
         Arc::new(store),
         EngineSettings {
             scoring: settings.scoring.clone(),
@@ -118,12 +112,38 @@ async fn retention_loop(engine: Arc<Engine>, every: std::time::Duration) {
     }
 }
 
+/// Reloads the serving model's file whenever its metadata changes, looking
+/// every `every`. A refused artifact is logged once per change and the
+/// serving model stays.
+async fn model_watch_loop(engine: Arc<Engine>, every: std::time::Duration) {
+    let mut watch = engine.model_watch();
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // After a stall, one look is enough: a burst of catch-up polls would
+    // find the same file.
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        // One stat per tick, and a read of a small file when it changed: too
+        // little to hand to the blocking pool.
+        match engine.poll_model_file(&mut watch) {
+            // The engine logs the swap itself.
+            Polled::Unchanged | Polled::Swapped(_) => {}
+            Polled::Refused(e) => tracing::error!(
+                error = %e,
+                "model file changed but was refused; the serving model stays"
+            ),
+        }
+    }
+}
+
 /// A bound, ready server.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
     engine: Arc<Engine>,
     purge_every: std::time::Duration,
+    /// `None`: the model file is not watched (`model_watch_secs = 0`).
+    model_watch_every: Option<std::time::Duration>,
 }
 
 impl Application {
@@ -140,6 +160,8 @@ impl Application {
             local_addr,
             engine,
             purge_every: std::time::Duration::from_secs(settings.store.purge_interval_secs),
+            model_watch_every: (settings.model_watch_secs > 0)
+                .then(|| std::time::Duration::from_secs(settings.model_watch_secs)),
         })
     }
 
@@ -160,25 +182,34 @@ impl Application {
             .set_service_status("", tonic_health::ServingStatus::Serving)
             .await;
         health.set_serving::<IntentServiceServer<IntentApi>>().await;
+        health.set_serving::<ModelServiceServer<ModelApi>>().await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()?;
 
         let purge = tokio::spawn(retention_loop(self.engine.clone(), self.purge_every));
+        let model_watch = self
+            .model_watch_every
+            .map(|every| tokio::spawn(model_watch_loop(self.engine.clone(), every)));
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tracing::info!(addr = %self.local_addr, "serving");
         let result = Server::builder()
             .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(IntentServiceServer::new(IntentApi::new(self.engine)))
+            .add_service(IntentServiceServer::new(IntentApi::new(
+                self.engine.clone(),
+            )))
+            .add_service(ModelServiceServer::new(ModelApi::new(self.engine)))
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
-        // The purge task holds the engine (and so the store): end it, so the
-        // store closes, and its file lock goes, before we return.
-        purge.abort();
-        let _ = purge.await;
+        // The background tasks hold the engine (and so the store): end them,
+        // so the store closes, and its file lock goes, before we return.
+        for task in std::iter::once(purge).chain(model_watch) {
+            task.abort();
+            let _ = task.await;
+        }
         if let Err(e) = result {
             tracing::error!(error = %e, "server stopped with an error");
             return Err(StartupError::Bind {

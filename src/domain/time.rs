@@ -46,11 +46,23 @@ impl Millis {
     }
 
     pub fn now() -> Self {
-        let ms = match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Millis::from_system_time(SystemTime::now())
+    }
+
+    pub fn from_system_time(t: SystemTime) -> Self {
+        let ms = match t.duration_since(UNIX_EPOCH) {
             Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
             Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
         };
         Millis(ms)
+    }
+
+    /// Reads RFC 3339 UTC text such as [`Millis::to_rfc3339`] writes
+    /// (`2023-11-14T22:13:20.005Z`); `None` for anything else.
+    pub fn parse_rfc3339(text: &str) -> Option<Millis> {
+        humantime::parse_rfc3339(text)
+            .ok()
+            .map(Millis::from_system_time)
     }
 
     pub const fn as_unix_millis(self) -> i64 {
@@ -113,5 +125,13 @@ mod tests {
     fn rfc3339_text_is_utc() {
         let m = Millis::from_parts(1_700_000_000, 5_000_000).unwrap();
         assert_eq!(m.to_rfc3339(), "2023-11-14T22:13:20.005Z");
+    }
+
+    #[test]
+    fn rfc3339_text_reads_back_and_other_text_does_not() {
+        let m = Millis::from_parts(1_700_000_000, 5_000_000).unwrap();
+        assert_eq!(Millis::parse_rfc3339("2023-11-14T22:13:20.005Z"), Some(m));
+        assert_eq!(Millis::parse_rfc3339(&m.to_rfc3339()), Some(m));
+        assert_eq!(Millis::parse_rfc3339("yesterday"), None);
     }
 }

@@ -1,10 +1,14 @@
 //! Protobuf messages ↔ domain types. Every check a request needs happens
 //! here, at the edge, and fails with the path of the offending field.
 
+use std::path::PathBuf;
+
 use crate::config::{Limits, MAX_REASONS};
+use crate::deploy::{ModelState, Swap};
 use crate::domain::event::stable_hash;
 use crate::domain::{Event, ItemKey, Millis, Stage, Taxonomy, VisitorId};
 use crate::engine::{Band, Profile, Reason, Score, ScoreQuery, TrackQuery};
+use crate::scoring::model::Figures;
 use crate::store::{NewEvent, StoredEvent};
 
 use super::proto;
@@ -352,5 +356,74 @@ pub fn profile_response(
         sessions: a.sessions(),
         events: a.events(),
         recent_events: p.recent.into_iter().take(keep).map(stored_event).collect(),
+    }
+}
+
+/// The longest model path ReloadModel takes (Linux's PATH_MAX).
+pub const MAX_MODEL_PATH_BYTES: usize = 4096;
+
+/// ReloadModel's `path`: `None` when empty (the serving model's own file).
+pub fn model_path(raw: String) -> Result<Option<PathBuf>, FieldError> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw.len() > MAX_MODEL_PATH_BYTES {
+        return Err(FieldError::new(
+            "path",
+            format!(
+                "is {} bytes long; the maximum is {MAX_MODEL_PATH_BYTES}",
+                raw.len()
+            ),
+        ));
+    }
+    if raw.contains('\0') {
+        return Err(FieldError::new("path", "contains a NUL byte"));
+    }
+    Ok(Some(PathBuf::from(raw)))
+}
+
+fn model_figures(f: &Figures) -> proto::ModelFigures {
+    proto::ModelFigures {
+        examples: f.examples as u64,
+        positives: f.positives as u64,
+        base_rate: f.base_rate,
+        roc_auc: f.roc_auc,
+        log_loss: f.log_loss,
+        brier: f.brier,
+        pr_auc: f.pr_auc,
+    }
+}
+
+pub fn model_response(state: &ModelState) -> proto::GetModelResponse {
+    let d = &state.serving;
+    let card = &d.card;
+    proto::GetModelResponse {
+        version: d.version().to_string(),
+        feature_names: d.model.feature_names().to_vec(),
+        metrics: Some(proto::ModelMetrics {
+            validation: Some(model_figures(&card.metrics.validation)),
+            ladder_baseline: Some(model_figures(&card.metrics.ladder_baseline)),
+        }),
+        trained_at: card.trained_at.map(to_timestamp),
+        description: card.description.clone(),
+        taxonomy_fingerprint: card.taxonomy_fingerprint.clone(),
+        path: d.path.display().to_string(),
+        loaded_at: Some(to_timestamp(d.loaded_at)),
+        horizon_days: card.horizon_days,
+        last_refusal: state.last_refusal.as_deref().map(|r| proto::ModelRefusal {
+            path: r.path.display().to_string(),
+            at: Some(to_timestamp(r.at)),
+            reason: r.reason.clone(),
+        }),
+    }
+}
+
+pub fn reload_response(swap: &Swap) -> proto::ReloadModelResponse {
+    proto::ReloadModelResponse {
+        version: swap.current.version().to_string(),
+        previous_version: swap.previous.version().to_string(),
+        changed: swap.changed(),
+        path: swap.current.path.display().to_string(),
+        loaded_at: Some(to_timestamp(swap.current.loaded_at)),
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod convert;
 pub mod intent_api;
+pub mod model_api;
 pub mod status;
 
 /// Code generated from `proto/rung/v1/*.proto`.
@@ -16,3 +17,4 @@ pub mod proto {
 }
 
 pub use intent_api::IntentApi;
+pub use model_api::ModelApi;

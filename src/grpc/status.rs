@@ -61,6 +61,12 @@ impl From<crate::engine::EngineError> for Status {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")
             }
+            // The operator who asked for the reload needs the whole problem
+            // (which file, what is wrong with it), so it is the message.
+            EngineError::Model(cause) => {
+                tracing::error!(error = %cause, "model artifact refused; the serving model stays");
+                Status::failed_precondition(cause.to_string())
+            }
         }
     }
 }

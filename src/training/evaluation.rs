@@ -41,10 +41,10 @@ pub struct Evaluation {
     pub top: Vec<TopShare>,
     /// (false positive rate, true positive rate), for plots.
     #[serde(skip)]
-    pub roc_curve: Vec<(f64, f64)>,
+    pub roc_curve: Curve,
     /// (recall, precision), for plots.
     #[serde(skip)]
-    pub pr_curve: Vec<(f64, f64)>,
+    pub pr_curve: Curve,
 }
 
 /// Evaluates `scores` against `labels`. With `probabilities`, also log
@@ -109,7 +109,10 @@ pub fn average_precision(scores: &[f64], labels: &[bool]) -> Option<f64> {
     Some(ap)
 }
 
-fn curves(scores: &[f64], labels: &[bool]) -> (Vec<(f64, f64)>, Vec<(f64, f64)>) {
+/// Points of a curve, (x, y).
+pub type Curve = Vec<(f64, f64)>;
+
+fn curves(scores: &[f64], labels: &[bool]) -> (Curve, Curve) {
     let positives = labels.iter().filter(|&&l| l).count().max(1) as f64;
     let negatives = (labels.len() as f64 - positives).max(1.0);
     let order = ranked(scores);
@@ -148,21 +151,38 @@ pub fn calibration(p: &[f64], labels: &[bool], bins: usize) -> Vec<CalibrationBi
             lower: b as f64 / bins as f64,
             upper: (b + 1) as f64 / bins as f64,
             count: count[b],
-            mean_predicted: if count[b] > 0 { sum[b] / count[b] as f64 } else { 0.0 },
-            observed_rate: if count[b] > 0 { hits[b] as f64 / count[b] as f64 } else { 0.0 },
+            mean_predicted: if count[b] > 0 {
+                sum[b] / count[b] as f64
+            } else {
+                0.0
+            },
+            observed_rate: if count[b] > 0 {
+                hits[b] as f64 / count[b] as f64
+            } else {
+                0.0
+            },
         })
         .collect()
 }
 
 fn top_share(scores: &[f64], labels: &[bool], share: f64, base_rate: f64) -> TopShare {
-    let k = ((scores.len() as f64 * share).ceil() as usize).clamp(1.min(scores.len()), scores.len());
-    let hits = ranked(scores).iter().take(k).filter(|&&i| labels[i]).count();
+    let k =
+        ((scores.len() as f64 * share).ceil() as usize).clamp(1.min(scores.len()), scores.len());
+    let hits = ranked(scores)
+        .iter()
+        .take(k)
+        .filter(|&&i| labels[i])
+        .count();
     let precision = if k == 0 { 0.0 } else { hits as f64 / k as f64 };
     TopShare {
         share,
         examples: k,
         precision,
-        lift: if base_rate > 0.0 { precision / base_rate } else { 0.0 },
+        lift: if base_rate > 0.0 {
+            precision / base_rate
+        } else {
+            0.0
+        },
     }
 }
 

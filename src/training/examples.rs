@@ -102,7 +102,8 @@ pub fn build(
     let purchase = taxonomy.roles().purchase;
     let gap = taxonomy.session_gap_ms();
     let mut data = Vec::new();
-    let (mut y, mut ladder_score, mut as_ofs, mut visitor) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut y, mut ladder_score, mut as_ofs, mut visitor) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for (vi, (_, events)) in visitors.iter().enumerate() {
         if vi % 1024 == 0 {
             progress(vi as u64);
@@ -153,7 +154,8 @@ fn cut_points(events: &[Event], cutoffs: &Cutoffs, gap: f64, rng: &mut SmallRng)
             let mut out = Vec::new();
             let mut start = 0;
             for i in 0..events.len() {
-                let ends = i + 1 == events.len() || events[i + 1].at.millis_since(events[i].at) > gap;
+                let ends =
+                    i + 1 == events.len() || events[i + 1].at.millis_since(events[i].at) > gap;
                 if ends {
                     let pick = match cutoffs {
                         Cutoffs::PageView { .. } => rng.gen_range(start..=i),
@@ -187,7 +189,10 @@ mod tests {
     const DAY: i64 = 86_400_000;
 
     fn ev(t: &Taxonomy, name: &str, minutes: i64) -> Event {
-        Event::new(t.resolve(name).unwrap(), Millis::from_unix_millis(T0 + minutes * MIN))
+        Event::new(
+            t.resolve(name).unwrap(),
+            Millis::from_unix_millis(T0 + minutes * MIN),
+        )
     }
 
     fn visitor(events: Vec<Event>) -> Vec<(String, Vec<Event>)> {
@@ -223,8 +228,22 @@ mod tests {
         full.push(ev(&t, "purchase", 61));
         let cut = Millis::from_unix_millis(T0 + 60 * MIN);
         let end = Millis::from_unix_millis(T0 + 30 * DAY);
-        let with = build(&t, &visitor(full), &Cutoffs::Fixed(cut), 7 * DAY, end, &|_| {});
-        let without = build(&t, &visitor(history), &Cutoffs::Fixed(cut), 7 * DAY, end, &|_| {});
+        let with = build(
+            &t,
+            &visitor(full),
+            &Cutoffs::Fixed(cut),
+            7 * DAY,
+            end,
+            &|_| {},
+        );
+        let without = build(
+            &t,
+            &visitor(history),
+            &Cutoffs::Fixed(cut),
+            7 * DAY,
+            end,
+            &|_| {},
+        );
         assert_eq!(with.x, without.x);
         assert_eq!(with.y, [true]);
         assert_eq!(without.y, [false]);
@@ -237,8 +256,14 @@ mod tests {
         // Data ends 5 days after the start: both sessions' 7-day windows
         // pass it; both 1-day windows fit.
         let end = Millis::from_unix_millis(T0 + 5 * DAY);
-        assert_eq!(build(&t, &v, &Cutoffs::SessionEnd, 7 * DAY, end, &|_| {}).len(), 0);
-        assert_eq!(build(&t, &v, &Cutoffs::SessionEnd, DAY, end, &|_| {}).len(), 2);
+        assert_eq!(
+            build(&t, &v, &Cutoffs::SessionEnd, 7 * DAY, end, &|_| {}).len(),
+            0
+        );
+        assert_eq!(
+            build(&t, &v, &Cutoffs::SessionEnd, DAY, end, &|_| {}).len(),
+            2
+        );
     }
 
     #[test]

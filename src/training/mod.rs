@@ -21,6 +21,8 @@ pub enum TrainError {
     Solver(String),
     #[error("no examples: no visitor has events before a cut-off with a whole label window after it (use a shorter --horizon-days or an earlier cut-off)")]
     NoExamples,
-    #[error("the {0} part holds no purchases; use more data, --validation kfold, or the ladder alone")]
+    #[error(
+        "the {0} part holds no purchases; use more data, --validation kfold, or the ladder alone"
+    )]
     EmptySplit(&'static str),
 }

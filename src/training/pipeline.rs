@@ -18,7 +18,10 @@ use super::TrainError;
 pub enum Validation {
     /// Train on earlier cut-offs, pick the L2 strength on the next
     /// `validation_share`, report on the last `test_share`.
-    Time { validation_share: f64, test_share: f64 },
+    Time {
+        validation_share: f64,
+        test_share: f64,
+    },
     /// k folds, a visitor's examples always in one fold; figures from the
     /// pooled out-of-fold predictions.
     KFold { folds: usize, seed: u64 },
@@ -113,8 +116,18 @@ pub fn train(
     progress: &dyn Progress,
 ) -> Result<TrainOutcome, TrainError> {
     let horizon_ms = (opts.horizon_days * 86_400_000.0) as i64;
-    progress.step("building point-in-time examples", Some(visitors.len() as u64));
-    let all = build(taxonomy, visitors, &opts.cutoffs, horizon_ms, data_end(visitors), &|n| progress.set(n));
+    progress.step(
+        "building point-in-time examples",
+        Some(visitors.len() as u64),
+    );
+    let all = build(
+        taxonomy,
+        visitors,
+        &opts.cutoffs,
+        horizon_ms,
+        data_end(visitors),
+        &|n| progress.set(n),
+    );
     progress.done();
     if all.is_empty() {
         return Err(TrainError::NoExamples);
@@ -124,7 +137,15 @@ pub fn train(
         Validation::Time {
             validation_share,
             test_share,
-        } => time_split(&all, &names, opts, horizon_ms, *validation_share, *test_share, progress)?,
+        } => time_split(
+            &all,
+            &names,
+            opts,
+            horizon_ms,
+            *validation_share,
+            *test_share,
+            progress,
+        )?,
         Validation::KFold { folds, seed } => k_fold(&all, &names, opts, *folds, *seed, progress)?,
     };
     let model = evaluate(&held_out_p, &held_out.y, true);
@@ -226,7 +247,11 @@ fn time_split(
     let valid = all.select(|i| when(i) >= t1 && when(i) + horizon_ms <= t2);
     let test = all.select(|i| when(i) >= t2);
     let train_valid = all.select(|i| when(i) + horizon_ms <= t2);
-    for (part, e) in [("training", &train), ("validation", &valid), ("test", &test)] {
+    for (part, e) in [
+        ("training", &train),
+        ("validation", &valid),
+        ("test", &test),
+    ] {
         if e.positives() == 0 {
             return Err(TrainError::EmptySplit(part));
         }
@@ -328,14 +353,21 @@ fn choose_lambda(
 
 /// Fits with λ × rows as linfa's alpha; with balanced class weights the
 /// positives are repeated and the intercept corrected by −ln(weight).
-fn fit_weighted(data: &Examples, names: &[String], opts: &TrainOptions, lambda: f64) -> Result<Fitted, TrainError> {
+fn fit_weighted(
+    data: &Examples,
+    names: &[String],
+    opts: &TrainOptions,
+    lambda: f64,
+) -> Result<Fitted, TrainError> {
     let mut fit_opts = opts.fit;
     fit_opts.alpha = (lambda * data.len() as f64).max(1e-9);
     match opts.class_weight {
         ClassWeight::None => fit(&data.x, &data.y, names, &fit_opts),
         ClassWeight::Balanced => {
             let pos = data.positives().max(1);
-            let weight = ((data.len() - pos) as f64 / pos as f64).round().clamp(1.0, 100.0) as usize;
+            let weight = ((data.len() - pos) as f64 / pos as f64)
+                .round()
+                .clamp(1.0, 100.0) as usize;
             let mut rows = Vec::with_capacity(data.len() + pos * (weight - 1));
             for (i, &label) in data.y.iter().enumerate() {
                 let copies = if label { weight } else { 1 };

@@ -18,7 +18,10 @@ pub fn paths_beside(artifact: &Path) -> (PathBuf, PathBuf) {
         .unwrap_or("model")
         .to_string();
     let dir = artifact.parent().unwrap_or(Path::new("."));
-    (dir.join(format!("{stem}.metrics.json")), dir.join(format!("{stem}.report")))
+    (
+        dir.join(format!("{stem}.metrics.json")),
+        dir.join(format!("{stem}.report")),
+    )
 }
 
 pub fn metrics_json(o: &TrainOutcome) -> serde_json::Value {
@@ -99,7 +102,17 @@ pub fn summary(o: &TrainOutcome) -> String {
 
 type PlotResult = Result<(), Box<dyn std::error::Error>>;
 
-fn curve_plot(path: &Path, title: &str, x: &str, y: &str, series: &[(&str, &[(f64, f64)], RGBColor)], diagonal: bool) -> PlotResult {
+/// A named curve and its colour.
+type Series<'a> = (&'a str, &'a [(f64, f64)], RGBColor);
+
+fn curve_plot(
+    path: &Path,
+    title: &str,
+    x: &str,
+    y: &str,
+    series: &[Series],
+    diagonal: bool,
+) -> PlotResult {
     let root = SVGBackend::new(path, (640, 480)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -136,7 +149,10 @@ fn coefficient_plot(path: &Path, names: &[String], coefficients: &[f64]) -> Plot
     let root = SVGBackend::new(path, (760, 40 + 18 * n as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption("coefficients (log-odds per standard deviation)", ("sans-serif", 18))
+        .caption(
+            "coefficients (log-odds per standard deviation)",
+            ("sans-serif", 18),
+        )
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(260)
@@ -154,7 +170,10 @@ fn coefficient_plot(path: &Path, names: &[String], coefficients: &[f64]) -> Plot
     chart.draw_series(order.iter().enumerate().map(|(row, &k)| {
         let c = coefficients[k];
         let color = if c >= 0.0 { BLUE } else { RED };
-        Rectangle::new([(0.0, row as f64 + 0.15), (c, row as f64 + 0.85)], color.filled())
+        Rectangle::new(
+            [(0.0, row as f64 + 0.15), (c, row as f64 + 0.85)],
+            color.filled(),
+        )
     }))?;
     root.present()?;
     Ok(())
@@ -162,17 +181,32 @@ fn coefficient_plot(path: &Path, names: &[String], coefficients: &[f64]) -> Plot
 
 /// Writes roc.svg, pr.svg, calibration.svg and coefficients.svg into `dir`.
 pub fn write_plots(dir: &Path, o: &TrainOutcome) -> PlotResult {
-    plots(dir, &o.model, &o.ladder, &o.artifact.feature_names, &o.artifact.coefficients)
+    plots(
+        dir,
+        &o.model,
+        &o.ladder,
+        &o.artifact.feature_names,
+        &o.artifact.coefficients,
+    )
 }
 
-pub fn plots(dir: &Path, model: &Evaluation, ladder: &Evaluation, names: &[String], coefficients: &[f64]) -> PlotResult {
+pub fn plots(
+    dir: &Path,
+    model: &Evaluation,
+    ladder: &Evaluation,
+    names: &[String],
+    coefficients: &[f64],
+) -> PlotResult {
     std::fs::create_dir_all(dir)?;
     curve_plot(
         &dir.join("roc.svg"),
         "ROC curve (held out)",
         "false positive rate",
         "true positive rate",
-        &[("model", &model.roc_curve, BLUE), ("ladder only", &ladder.roc_curve, RED)],
+        &[
+            ("model", &model.roc_curve, BLUE),
+            ("ladder only", &ladder.roc_curve, RED),
+        ],
         true,
     )?;
     curve_plot(
@@ -180,7 +214,10 @@ pub fn plots(dir: &Path, model: &Evaluation, ladder: &Evaluation, names: &[Strin
         "precision-recall (held out)",
         "recall",
         "precision",
-        &[("model", &model.pr_curve, BLUE), ("ladder only", &ladder.pr_curve, RED)],
+        &[
+            ("model", &model.pr_curve, BLUE),
+            ("ladder only", &ladder.pr_curve, RED),
+        ],
         false,
     )?;
     let cal: Vec<(f64, f64)> = model
