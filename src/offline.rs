@@ -154,6 +154,10 @@ pub struct TrainArgs {
     min_positives: usize,
     #[arg(long, default_value_t = 300)]
     max_iterations: u64,
+    /// linfa (linfa-logistic as it is) or fused (same objective, one
+    /// multi-threaded pass for cost and gradient: use it for large logs).
+    #[arg(long, value_enum, default_value = "linfa")]
+    solver: pipeline::Solver,
     /// A taxonomy TOML file [default: the built-in one].
     #[arg(long)]
     taxonomy: Option<PathBuf>,
@@ -285,6 +289,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         cutoffs: args.cutoffs.clone(),
         validation,
         class_weight: args.class_weight,
+        solver: args.solver,
         description: format!(
             "trained by rung train on {} ({} visitors, {} events)",
             events

@@ -135,6 +135,8 @@ fn k_fold_validation_and_balanced_class_weights_also_train() {
         "kfold",
         "--folds",
         "3",
+        "--solver",
+        "fused",
         "--class-weight",
         "balanced",
         "--no-plots",

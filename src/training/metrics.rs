@@ -81,3 +81,63 @@ mod tests {
         assert!((brier(&p, &y) - 0.025).abs() < 1e-12);
     }
 }
+
+/// Area under the precision–recall curve as average precision: the sum over
+/// score thresholds, highest first, of precision × the recall gained there
+/// (scikit-learn's `average_precision_score`; tied scores form one
+/// threshold). A useless model scores the base rate, not 0.5. `None` when
+/// there is no positive.
+pub fn pr_auc(scores: &[f64], labels: &[bool]) -> Option<f64> {
+    let positives = labels.iter().filter(|&&l| l).count();
+    if positives == 0 || scores.len() != labels.len() {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp, mut area) = (0usize, 0usize, 0.0);
+    let mut i = 0;
+    while i < order.len() {
+        let gained_before = tp;
+        let mut j = i;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            if labels[order[j]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            j += 1;
+        }
+        let recall_gain = (tp - gained_before) as f64 / positives as f64;
+        area += recall_gain * tp as f64 / (tp + fp) as f64;
+        i = j;
+    }
+    Some(area)
+}
+
+#[cfg(test)]
+mod pr_auc_tests {
+    use super::pr_auc;
+
+    #[test]
+    fn pr_auc_sums_precision_over_recall_steps() {
+        // Highest first: T (P 1/1, R 1/2), F (R unchanged), T (P 2/3, R 2/2),
+        // F: 1/2 × 1 + 1/2 × 2/3 = 5/6.
+        let ap = pr_auc(&[0.9, 0.8, 0.7, 0.6], &[true, false, true, false]).unwrap();
+        assert!((ap - 5.0 / 6.0).abs() < 1e-12, "{ap}");
+    }
+
+    #[test]
+    fn pr_auc_takes_tied_scores_as_one_threshold() {
+        // 0.5 holds one T and one F: P 1/2 at R 1/2; then T at 0.2: P 2/3 at
+        // R 1: 1/2 × 1/2 + 1/2 × 2/3 = 7/12.
+        let ap = pr_auc(&[0.5, 0.5, 0.2], &[true, false, true]).unwrap();
+        assert!((ap - 7.0 / 12.0).abs() < 1e-12, "{ap}");
+    }
+
+    #[test]
+    fn pr_auc_of_constant_scores_is_the_base_rate_and_none_without_positives() {
+        let ap = pr_auc(&[0.3; 4], &[true, false, false, false]).unwrap();
+        assert!((ap - 0.25).abs() < 1e-12, "{ap}");
+        assert_eq!(pr_auc(&[0.1, 0.2], &[false, false]), None);
+    }
+}

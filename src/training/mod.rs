@@ -8,6 +8,8 @@ pub mod fit;
 pub mod metrics;
 pub mod pipeline;
 pub mod report;
+pub mod solver;
+pub mod tabular;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
