@@ -330,9 +330,50 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Tabular mode: a feature table in, a cross-validated model for evaluation
+/// and export out (not for the event-scoring service).
 fn train_table(args: &TrainArgs) -> anyhow::Result<()> {
-    let _ = args;
-    bail!("tabular mode is not built into this binary yet")
+    use rung::training::tabular;
+    let (Some(table), Some(label)) = (&args.table, &args.label) else {
+        bail!("--table needs --label");
+    };
+    let mut opts = tabular::TableOptions::new(table, label);
+    opts.categorical = args.categorical.clone();
+    opts.folds = args.folds;
+    opts.max_bad_rows = args.max_bad_rows;
+    opts.max_iterations = args.max_iterations;
+    let spinner = Bars::new();
+    spinner.step("cross-validating and fitting", None);
+    let report = tabular::train_table(&opts);
+    spinner.done();
+    let report = report?;
+    tabular::write_artifact(&args.out, &report.artifact)?;
+    let m = &report.artifact.metrics;
+    let opt = |x: Option<f64>| x.map_or("—".into(), |v| format!("{v:.4}"));
+    println!(
+        "{} rows ({} positive, base rate {:.4}; {} malformed rows skipped), {} features, {}-fold cross-validation",
+        m.rows,
+        m.positives,
+        m.base_rate,
+        m.bad_rows_skipped,
+        report.artifact.feature_names.len(),
+        m.folds
+    );
+    println!(
+        "ROC AUC: mean over folds {}, pooled {}; PR AUC {}; log loss {:.4}; Brier {:.4}; alpha {}",
+        opt(m.mean_fold_roc_auc),
+        opt(m.pooled_roc_auc),
+        opt(m.pooled_pr_auc),
+        m.pooled_log_loss,
+        m.pooled_brier,
+        m.alpha
+    );
+    println!(
+        "wrote {} (version {}; for evaluation and export, not for rung serve)",
+        args.out.display(),
+        report.artifact.version
+    );
+    Ok(())
 }
 
 #[derive(clap::Args, Debug)]

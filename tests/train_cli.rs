@@ -253,3 +253,50 @@ fn an_empty_or_foreign_file_is_a_clear_error() {
         assert!(stderr.contains(s(file)), "{stderr}");
     }
 }
+
+#[test]
+fn tabular_mode_trains_from_a_feature_table() {
+    // 400 rows: buyers view more pages; a categorical column rides along.
+    let dir = scratch("table");
+    let mut csv = String::from("pages,channel,bought\n");
+    for i in 0..400u32 {
+        let pages = (i * 7919) % 50;
+        let bought = pages > 30 || i % 23 == 0;
+        let channel = ["ads", "mail", "direct"][(i % 3) as usize];
+        csv.push_str(&format!(
+            "{pages},{channel},{}\n",
+            if bought { "TRUE" } else { "FALSE" }
+        ));
+    }
+    let table = dir.join("table.csv");
+    std::fs::write(&table, csv).unwrap();
+    let model = dir.join("table-model.json");
+
+    let out = rung(&[
+        "train",
+        "--table",
+        s(&table),
+        "--label",
+        "bought",
+        "--out",
+        s(&model),
+    ]);
+
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("ROC AUC"), "{stdout}");
+    let artifact = rung::training::tabular::TableModelArtifact::from_json(
+        &std::fs::read_to_string(&model).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        artifact.feature_names.iter().any(|n| n == "channel=mail"),
+        "{:?}",
+        artifact.feature_names
+    );
+    assert!(artifact.metrics.pooled_roc_auc.unwrap() > 0.8);
+}

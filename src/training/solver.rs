@@ -26,6 +26,11 @@ struct Problem<'a> {
     l2: f64,
     threads: usize,
     cache: Mutex<Option<Evaluated>>,
+    /// Evaluations left. argmin's More–Thuente line search has no iteration
+    /// cap of its own and can loop forever on degenerate (e.g. separable)
+    /// data; running out of evaluations ends the fit with the best
+    /// parameters found so far instead.
+    budget: std::sync::atomic::AtomicU64,
 }
 
 /// Parameters, cost and gradient of one evaluation.
@@ -33,13 +38,21 @@ type Evaluated = (Array1<f64>, f64, Array1<f64>);
 
 impl Problem<'_> {
     /// (mean loss + l2/2 |w|², its gradient) at `p` = [w..., b].
-    fn eval(&self, p: &Array1<f64>) -> (f64, Array1<f64>) {
+    fn eval(&self, p: &Array1<f64>) -> Result<(f64, Array1<f64>), argmin::core::Error> {
         if let Ok(cache) = self.cache.lock() {
             if let Some((q, c, g)) = cache.as_ref() {
                 if q == p {
-                    return (*c, g.clone());
+                    return Ok((*c, g.clone()));
                 }
             }
+        }
+        use std::sync::atomic::Ordering;
+        if self
+            .budget
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+            .is_err()
+        {
+            return Err(argmin::core::Error::msg("evaluation budget spent"));
         }
         let d = self.z.ncols();
         let w = p.slice(ndarray::s![..d]);
@@ -94,7 +107,7 @@ impl Problem<'_> {
         if let Ok(mut cache) = self.cache.lock() {
             *cache = Some((p.clone(), loss, grad.clone()));
         }
-        (loss, grad)
+        Ok((loss, grad))
     }
 }
 
@@ -103,7 +116,7 @@ impl CostFunction for Problem<'_> {
     type Output = f64;
 
     fn cost(&self, p: &Self::Param) -> Result<f64, argmin::core::Error> {
-        Ok(self.eval(p).0)
+        Ok(self.eval(p)?.0)
     }
 }
 
@@ -112,7 +125,7 @@ impl Gradient for Problem<'_> {
     type Gradient = Array1<f64>;
 
     fn gradient(&self, p: &Self::Param) -> Result<Array1<f64>, argmin::core::Error> {
-        Ok(self.eval(p).1)
+        Ok(self.eval(p)?.1)
     }
 }
 
@@ -157,6 +170,7 @@ pub fn fit_fused(x: &Array2<f64>, y: &[bool], opts: &FitOptions) -> Result<Fitte
         l2: opts.alpha / y.len() as f64,
         threads,
         cache: Mutex::new(None),
+        budget: std::sync::atomic::AtomicU64::new(opts.max_iterations.saturating_mul(25).max(100)),
     };
     let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
         .with_tolerance_grad(opts.tolerance_per_row)
@@ -191,6 +205,22 @@ mod tests {
     const SKLEARN_COEFFICIENTS: [f64; 3] =
         [1.0299132368537278, -0.9211713798178645, 0.08717533152506918];
     const SKLEARN_INTERCEPT: f64 = -2.4048110195337524;
+
+    #[test]
+    fn separable_data_ends_within_the_budget_instead_of_looping() {
+        // Perfectly separable: the optimum is at infinity.
+        let x = Array2::from_shape_vec((8, 1), vec![-4.0, -3.0, -2.0, -1.0, 1.0, 2.0, 3.0, 4.0])
+            .unwrap();
+        let y = [false, false, false, false, true, true, true, true];
+        let opts = FitOptions {
+            alpha: 1e-12,
+            max_iterations: 50,
+            tolerance_per_row: 1e-12,
+            min_positives: 1,
+        };
+        let f = fit_fused(&x, &y, &opts).unwrap();
+        assert!(f.coefficients[0] > 0.0 && f.coefficients[0].is_finite());
+    }
 
     #[test]
     fn the_fused_fit_matches_scikit_learn() {
