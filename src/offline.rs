@@ -154,9 +154,11 @@ pub struct TrainArgs {
     min_positives: usize,
     #[arg(long, default_value_t = 300)]
     max_iterations: u64,
-    /// linfa (linfa-logistic as it is) or fused (same objective, one
-    /// multi-threaded pass for cost and gradient: use it for large logs).
-    #[arg(long, value_enum, default_value = "linfa")]
+    /// fused (the linfa-logistic objective with one multi-threaded pass for
+    /// cost and gradient, and an evaluation budget) or linfa (linfa-logistic
+    /// as it is: slower on large logs, and its line search can loop forever
+    /// on degenerate data).
+    #[arg(long, value_enum, default_value = "fused")]
     solver: pipeline::Solver,
     /// A taxonomy TOML file [default: the built-in one].
     #[arg(long)]

@@ -197,6 +197,8 @@ fn a_malformed_row_stops_training_naming_its_line_unless_allowed() {
         "1",
         "--cutoffs",
         "page-view",
+        "--solver",
+        "linfa",
     ]);
 
     let stderr = String::from_utf8_lossy(&refused.stderr);

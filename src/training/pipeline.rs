@@ -72,7 +72,7 @@ impl Default for TrainOptions {
             class_weight: ClassWeight::None,
             lambdas: vec![1e-5, 1e-4, 1e-3, 1e-2, 1e-1],
             fit: FitOptions::default(),
-            solver: Solver::Linfa,
+            solver: Solver::Fused,
             description: String::new(),
         }
     }
