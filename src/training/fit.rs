@@ -72,12 +72,14 @@ pub fn standardization(x: &Array2<f64>) -> (Vec<f64>, Vec<f64>) {
     (means, scales)
 }
 
-pub fn fit(
+/// Refuses what no solver can fit: non-finite values, one class, or
+/// fewer positives than `opts.min_positives`.
+pub fn check_inputs(
     x: &Array2<f64>,
     y: &[bool],
     names: &[String],
     opts: &FitOptions,
-) -> Result<Fitted, TrainError> {
+) -> Result<(), TrainError> {
     if let Some((row, col)) = x
         .indexed_iter()
         .find(|(_, v)| !v.is_finite())
@@ -98,6 +100,16 @@ pub fn fit(
             needed: opts.min_positives,
         });
     }
+    Ok(())
+}
+
+pub fn fit(
+    x: &Array2<f64>,
+    y: &[bool],
+    names: &[String],
+    opts: &FitOptions,
+) -> Result<Fitted, TrainError> {
+    check_inputs(x, y, names, opts)?;
     let (means, scales) = standardization(x);
     let mut z = x.clone();
     for (mut col, (m, s)) in z.axis_iter_mut(Axis(1)).zip(means.iter().zip(&scales)) {
@@ -121,17 +133,18 @@ pub fn fit(
     })
 }
 
+/// The fixture both solvers are pinned against.
 #[cfg(test)]
-mod tests {
-    use super::*;
+pub(crate) mod reference {
+    use ndarray::Array2;
 
     /// tests/data/logistic_reference.csv and scikit-learn 1.9.1's answer on
     /// it, from tests/data/make_logistic_reference.py.
-    const SKLEARN_COEFFICIENTS: [f64; 3] =
+    pub const SKLEARN_COEFFICIENTS: [f64; 3] =
         [1.0299132368537278, -0.9211713798178645, 0.08717533152506918];
-    const SKLEARN_INTERCEPT: f64 = -2.4048110195337524;
+    pub const SKLEARN_INTERCEPT: f64 = -2.4048110195337524;
 
-    fn reference_data() -> (Array2<f64>, Vec<bool>) {
+    pub fn reference_data() -> (Array2<f64>, Vec<bool>) {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/tests/data/logistic_reference.csv"
@@ -146,6 +159,12 @@ mod tests {
         }
         (Array2::from_shape_vec((y.len(), 3), data).unwrap(), y)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reference::*;
+    use super::*;
 
     #[test]
     fn fit_matches_scikit_learn_and_points_toward_the_minority_class() {

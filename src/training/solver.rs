@@ -14,7 +14,7 @@ use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
 use ndarray::{Array1, Array2, ArrayView2, Axis};
 
-use super::fit::{standardization, FitOptions, Fitted};
+use super::fit::{check_inputs, standardization, FitOptions, Fitted};
 use super::TrainError;
 
 /// Standardized rows, labels as ±1, and the last evaluation cached so the
@@ -133,26 +133,8 @@ impl Gradient for Problem<'_> {
 /// loss), faster on large data. Stops when the gradient of the mean loss is
 /// below `tolerance_per_row`, or after `max_iterations`.
 pub fn fit_fused(x: &Array2<f64>, y: &[bool], opts: &FitOptions) -> Result<Fitted, TrainError> {
-    let positives = y.iter().filter(|&&b| b).count();
-    if positives == 0 || positives == y.len() {
-        return Err(TrainError::OneClass);
-    }
-    if positives < opts.min_positives {
-        return Err(TrainError::TooFewPositives {
-            positives,
-            needed: opts.min_positives,
-        });
-    }
-    if let Some((row, col)) = x
-        .indexed_iter()
-        .find(|(_, v)| !v.is_finite())
-        .map(|(ix, _)| ix)
-    {
-        return Err(TrainError::NonFinite {
-            row,
-            feature: format!("column {col}"),
-        });
-    }
+    let names: Vec<String> = (0..x.ncols()).map(|c| format!("column {c}")).collect();
+    check_inputs(x, y, &names, opts)?;
     let (means, scales) = standardization(x);
     let mut z = x.clone();
     for (mut col, (m, s)) in z.axis_iter_mut(Axis(1)).zip(means.iter().zip(&scales)) {
@@ -198,13 +180,8 @@ pub fn fit_fused(x: &Array2<f64>, y: &[bool], opts: &FitOptions) -> Result<Fitte
 
 #[cfg(test)]
 mod tests {
+    use super::super::fit::reference::*;
     use super::*;
-
-    /// The same fixture and scikit-learn answer that pin the linfa fit
-    /// (src/training/fit.rs, tests/data/make_logistic_reference.py).
-    const SKLEARN_COEFFICIENTS: [f64; 3] =
-        [1.0299132368537278, -0.9211713798178645, 0.08717533152506918];
-    const SKLEARN_INTERCEPT: f64 = -2.4048110195337524;
 
     #[test]
     fn separable_data_ends_within_the_budget_instead_of_looping() {
@@ -224,19 +201,7 @@ mod tests {
 
     #[test]
     fn the_fused_fit_matches_scikit_learn() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/data/logistic_reference.csv"
-        );
-        let text = std::fs::read_to_string(path).unwrap();
-        let mut data = Vec::new();
-        let mut y = Vec::new();
-        for line in text.lines().skip(1) {
-            let cols: Vec<&str> = line.split(',').collect();
-            data.extend(cols[..3].iter().map(|c| c.parse::<f64>().unwrap()));
-            y.push(cols[3] == "1");
-        }
-        let x = Array2::from_shape_vec((y.len(), 3), data).unwrap();
+        let (x, y) = reference_data();
         let opts = FitOptions {
             alpha: 1.0,
             max_iterations: 1000,
