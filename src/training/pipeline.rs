@@ -107,6 +107,9 @@ pub struct SplitSizes {
     pub train: usize,
     pub validation: usize,
     pub test: usize,
+    /// What the final model was fitted on.
+    pub final_fit: usize,
+    pub final_fit_positives: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -177,8 +180,8 @@ pub fn train(
         taxonomy_fingerprint: taxonomy.fingerprint().to_string(),
         taxonomy: taxonomy.signature().to_vec(),
         training: TrainingInfo {
-            examples: sizes.train,
-            positives: 0,
+            examples: sizes.final_fit,
+            positives: sizes.final_fit_positives,
             alpha: chosen,
             max_iterations: opts.fit.max_iterations,
         },
@@ -187,7 +190,6 @@ pub fn train(
             ladder_baseline: figures(&ladder),
         },
     };
-    artifact.training.positives = final_fit_positives(&all, &sizes);
     artifact.version = version_id(&artifact, now);
     Ok(TrainOutcome {
         artifact,
@@ -197,10 +199,6 @@ pub fn train(
         chosen_lambda: chosen,
         sizes,
     })
-}
-
-fn final_fit_positives(all: &Examples, _sizes: &SplitSizes) -> usize {
-    all.positives()
 }
 
 /// `<UTC time>-<12 hex of the content hash>`: sortable, and unique per content.
@@ -282,6 +280,8 @@ fn time_split(
         train: train.len(),
         validation: valid.len(),
         test: test.len(),
+        final_fit: train_valid.len(),
+        final_fit_positives: train_valid.positives(),
     };
     Ok((p, test, final_fit, trials, lambda, sizes))
 }
@@ -324,6 +324,8 @@ fn k_fold(
         train: all.len(),
         validation: all.len(),
         test: 0,
+        final_fit: all.len(),
+        final_fit_positives: all.positives(),
     };
     Ok((p, all.clone(), final_fit, trials, lambda, sizes))
 }
