@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::metrics::{brier, log_loss, roc_auc};
+use super::metrics::{brier, log_loss, pr_auc, roc_auc};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CalibrationBin {
@@ -60,7 +60,7 @@ pub fn evaluate(scores: &[f64], labels: &[bool], probabilities: bool) -> Evaluat
         positives,
         base_rate,
         roc_auc: roc_auc(scores, labels),
-        pr_auc: average_precision(scores, labels),
+        pr_auc: pr_auc(scores, labels),
         log_loss: probabilities.then(|| log_loss(scores, labels)),
         brier: probabilities.then(|| brier(scores, labels)),
         calibration: if probabilities {
@@ -82,31 +82,6 @@ fn ranked(scores: &[f64]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     order
-}
-
-/// Average precision: Σ over thresholds of (recall gained) × precision, with
-/// tied scores taken as one threshold (scikit-learn's definition).
-pub fn average_precision(scores: &[f64], labels: &[bool]) -> Option<f64> {
-    let positives = labels.iter().filter(|&&l| l).count();
-    if positives == 0 {
-        return None;
-    }
-    let order = ranked(scores);
-    let (mut tp, mut seen, mut ap, mut last_recall) = (0usize, 0usize, 0.0, 0.0);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j < order.len() && scores[order[j]] == scores[order[i]] {
-            tp += usize::from(labels[order[j]]);
-            seen += 1;
-            j += 1;
-        }
-        let recall = tp as f64 / positives as f64;
-        ap += (recall - last_recall) * (tp as f64 / seen as f64);
-        last_recall = recall;
-        i = j;
-    }
-    Some(ap)
 }
 
 /// Points of a curve, (x, y).
@@ -194,14 +169,14 @@ mod tests {
     fn average_precision_matches_a_hand_computation() {
         // Ranked: 0.9 (pos), 0.8 (neg), 0.7 (pos), 0.1 (neg).
         // AP = ½·(1/1) + ½·(2/3) = 0.8333…
-        let ap = average_precision(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]).unwrap();
+        let ap = pr_auc(&[0.9, 0.8, 0.7, 0.1], &[true, false, true, false]).unwrap();
         assert!((ap - 5.0 / 6.0).abs() < 1e-12, "{ap}");
     }
 
     #[test]
     fn tied_scores_count_as_one_threshold() {
         // All tied: precision 2/4 at recall 1.
-        let ap = average_precision(&[0.5; 4], &[true, false, true, false]).unwrap();
+        let ap = pr_auc(&[0.5; 4], &[true, false, true, false]).unwrap();
         assert!((ap - 0.5).abs() < 1e-12);
     }
 

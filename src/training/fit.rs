@@ -48,16 +48,32 @@ pub struct Fitted {
 impl Fitted {
     /// P(label) for one raw (unstandardized) row.
     pub fn probability(&self, row: &[f64]) -> f64 {
-        let z = self.intercept
-            + row
-                .iter()
-                .zip(&self.means)
-                .zip(&self.scales)
-                .zip(&self.coefficients)
-                .map(|(((x, m), s), c)| c * (x - m) / s)
-                .sum::<f64>();
-        crate::scoring::model::sigmoid(z)
+        crate::scoring::model::sigmoid(log_odds(
+            self.intercept,
+            &self.means,
+            &self.scales,
+            &self.coefficients,
+            row,
+        ))
     }
+}
+
+/// intercept + Σ coefficientᵢ · (xᵢ − meanᵢ) / scaleᵢ for a raw row.
+pub fn log_odds(
+    intercept: f64,
+    means: &[f64],
+    scales: &[f64],
+    coefficients: &[f64],
+    row: &[f64],
+) -> f64 {
+    intercept
+        + row
+            .iter()
+            .zip(means)
+            .zip(scales)
+            .zip(coefficients)
+            .map(|(((x, m), s), c)| c * (x - m) / s)
+            .sum::<f64>()
 }
 
 /// Column means and standard deviations; a constant column gets scale 1 so

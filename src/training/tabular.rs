@@ -877,15 +877,13 @@ impl TableModelArtifact {
         if features.len() != self.coefficients.len() {
             return None;
         }
-        let z = self.intercept
-            + features
-                .iter()
-                .zip(&self.means)
-                .zip(&self.scales)
-                .zip(&self.coefficients)
-                .map(|(((x, m), s), c)| c * (x - m) / s)
-                .sum::<f64>();
-        Some(sigmoid(z))
+        Some(sigmoid(super::fit::log_odds(
+            self.intercept,
+            &self.means,
+            &self.scales,
+            &self.coefficients,
+            features,
+        )))
     }
 }
 
