@@ -208,6 +208,11 @@ impl Aggregate {
         self.folded_sessions + self.spans.len() as u32
     }
 
+    /// Kept sessions, oldest first.
+    pub fn spans(&self) -> &[Span] {
+        &self.spans
+    }
+
     pub fn last_session(&self) -> Option<&Span> {
         self.spans.last()
     }

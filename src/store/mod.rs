@@ -5,15 +5,18 @@
 
 pub mod record;
 pub mod redb_store;
+pub mod timeline;
 
 use std::path::PathBuf;
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use crate::domain::{Millis, VisitorId};
 
-pub use record::{NewEvent, StoredEvent, VisitorRecord};
+pub use record::{NewEvent, RecordView, StoredEvent, VisitorRecord};
 pub use redb_store::RedbStore;
+pub use timeline::Timeline;
 
 /// Backend-neutral store failures.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -44,12 +47,43 @@ pub enum WriteOp {
         want_record: bool,
     },
     /// Erase everything about a visitor.
-    Forget { visitor: VisitorId },
+    Forget {
+        visitor: VisitorId,
+    },
     /// Erase up to `limit` visitors whose last event is before `inactive_before`.
     Purge {
         inactive_before: Millis,
         limit: usize,
     },
+    /// Save a segment definition; a taken name only with `overwrite`.
+    PutSegment {
+        segment: SavedSegment,
+        overwrite: bool,
+    },
+    DeleteSegment {
+        name: String,
+    },
+}
+
+/// A segment definition saved by a user, kept with the visitor data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SavedSegment {
+    pub name: String,
+    /// The definition as the user sent it (JSON or text form).
+    pub definition: String,
+    pub description: String,
+    pub updated_at: Millis,
+}
+
+/// Stored visitors in id order, still encoded ([`record::decode_view`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ScanChunk {
+    /// Visitor id and record bytes, for visitors that passed the filter.
+    pub entries: Vec<(String, Vec<u8>)>,
+    /// The last id looked at (kept or not): the next chunk starts after it.
+    pub last_key: Option<String>,
+    /// No visitor after `last_key`.
+    pub done: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -66,6 +100,14 @@ pub enum Outcome {
         visitors: usize,
         /// More inactive visitors remain.
         more: bool,
+    },
+    SegmentPut {
+        replaced: bool,
+    },
+    /// PutSegment without overwrite on a taken name: nothing was written.
+    SegmentNameTaken,
+    SegmentDeleted {
+        existed: bool,
     },
 }
 
@@ -90,6 +132,19 @@ pub trait Store: Send + Sync + 'static {
     fn recent_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, StoreError>;
     /// Queues a write; the ticket resolves when it is durable.
     fn submit(&self, op: WriteOp) -> Ticket;
+    /// Saved segments, by name.
+    fn segments(&self) -> Result<Vec<SavedSegment>, StoreError>;
+    fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError>;
+    /// Up to `max` visitors with ids after `after`, in id order, skipping
+    /// those last seen before `active_since` without decoding them. Looks
+    /// at no more than `max_examined` ids, so one call stays short.
+    fn scan(
+        &self,
+        after: Option<&str>,
+        active_since: Millis,
+        max: usize,
+        max_examined: usize,
+    ) -> Result<ScanChunk, StoreError>;
 }
 
 /// Waits for a ticket; a writer that went away is "unavailable".

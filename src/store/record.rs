@@ -10,6 +10,9 @@ use crate::domain::event::stable_hash;
 use crate::domain::{Event, Millis, Taxonomy};
 use crate::scoring::Aggregate;
 
+use super::timeline::Timeline;
+use super::StoreError;
+
 /// An event on its way into the store: what scoring needs and what
 /// GetVisitor and exports show.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,7 +39,9 @@ pub struct StoredEvent {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VisitorRecord {
+    // The aggregate and the timeline come first: scans decode only them.
     pub aggregate: Aggregate,
+    pub timeline: Timeline,
     /// The next raw event's sequence number; its ring slot is seq % capacity.
     pub next_seq: u64,
     /// Hashes of the most recent event ids, oldest first.
@@ -55,6 +60,7 @@ impl VisitorRecord {
     pub fn new(taxonomy: &Taxonomy, anchor: Millis) -> VisitorRecord {
         VisitorRecord {
             aggregate: Aggregate::new(taxonomy, anchor),
+            timeline: Timeline::default(),
             next_seq: 0,
             seen_ids: VecDeque::new(),
         }
@@ -83,6 +89,7 @@ impl VisitorRecord {
                 }
             }
             self.aggregate.apply(taxonomy, &e.event);
+            self.timeline.record(e.event.kind, e.event.at);
             stored.push(StoredEvent {
                 seq: self.next_seq,
                 kind: taxonomy.get(e.event.kind).name.clone(),
@@ -95,5 +102,82 @@ impl VisitorRecord {
             self.next_seq += 1;
         }
         Applied { stored, duplicates }
+    }
+}
+
+/// What audience scans read of a record: everything but the de-duplication
+/// window and the ring position.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct RecordView {
+    pub aggregate: Aggregate,
+    pub timeline: Timeline,
+}
+
+/// A record's stored bytes: the last-seen time (8 bytes, little-endian unix
+/// ms, so purges and scans can filter without decoding), then the record in
+/// postcard. Every backend stores records this way.
+pub fn encode(r: &VisitorRecord) -> Result<Vec<u8>, StoreError> {
+    let last = r.aggregate.last().map_or(i64::MIN, Millis::as_unix_millis);
+    let buf = last.to_le_bytes().to_vec();
+    postcard::to_extend(r, buf).map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
+/// The last-seen time in a record's header (`i64::MIN` for none or a short record).
+pub fn last_seen(bytes: &[u8]) -> i64 {
+    bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .map_or(i64::MIN, i64::from_le_bytes)
+}
+
+fn body<'a>(visitor: &str, bytes: &'a [u8]) -> Result<&'a [u8], StoreError> {
+    bytes
+        .get(8..)
+        .ok_or_else(|| corrupt(visitor, "record shorter than its header"))
+}
+
+fn corrupt(visitor: &str, reason: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt {
+        visitor: visitor.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+pub fn decode(
+    visitor: &str,
+    bytes: &[u8],
+    taxonomy: &Taxonomy,
+) -> Result<VisitorRecord, StoreError> {
+    let record: VisitorRecord =
+        postcard::from_bytes(body(visitor, bytes)?).map_err(|e| corrupt(visitor, e))?;
+    check_fits(visitor, &record.aggregate, &record.timeline, taxonomy)?;
+    Ok(record)
+}
+
+/// Decodes only the aggregate and the timeline.
+pub fn decode_view(
+    visitor: &str,
+    bytes: &[u8],
+    taxonomy: &Taxonomy,
+) -> Result<RecordView, StoreError> {
+    let (view, _rest): (RecordView, _) =
+        postcard::take_from_bytes(body(visitor, bytes)?).map_err(|e| corrupt(visitor, e))?;
+    check_fits(visitor, &view.aggregate, &view.timeline, taxonomy)?;
+    Ok(view)
+}
+
+fn check_fits(
+    visitor: &str,
+    a: &Aggregate,
+    t: &Timeline,
+    taxonomy: &Taxonomy,
+) -> Result<(), StoreError> {
+    if a.fits(taxonomy) && t.types() <= taxonomy.len() {
+        Ok(())
+    } else {
+        Err(corrupt(
+            visitor,
+            "aggregate does not fit the running taxonomy",
+        ))
     }
 }

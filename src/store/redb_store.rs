@@ -10,8 +10,13 @@
 //! - `visitors`: visitor id → last-seen (8 bytes, little-endian unix ms, so a
 //!   purge can skip decoding) + the postcard-encoded [`VisitorRecord`];
 //! - `events`: (visitor id, ring slot) → postcard-encoded [`StoredEvent`];
+//! - `segments`: segment name → JSON [`SavedSegment`];
 //! - `meta`: format version and the fingerprint of the taxonomy the
 //!   aggregates were built with.
+//!
+//! Format history: v1 records had no timeline; opening a v1 file rebuilds
+//! each visitor's timeline from its kept raw events, once, in one
+//! transaction.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -23,13 +28,19 @@ use tokio::sync::oneshot;
 
 use crate::domain::{Millis, Taxonomy, VisitorId};
 
-use super::{Outcome, Store, StoreError, StoreLimits, StoredEvent, Ticket, VisitorRecord, WriteOp};
+use super::record::{decode as decode_record, encode as encode_record, last_seen};
+use super::{
+    Outcome, SavedSegment, ScanChunk, Store, StoreError, StoreLimits, StoredEvent, Ticket,
+    Timeline, VisitorRecord, WriteOp,
+};
 
 const VISITORS: TableDefinition<&str, &[u8]> = TableDefinition::new("visitors");
 const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events");
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("segments");
 
-const FORMAT: &str = "rung.store.v1";
+const FORMAT: &str = "rung.store.v2";
+const FORMAT_V1: &str = "rung.store.v1";
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "rung.redb";
 
@@ -115,6 +126,7 @@ fn init(db: &Database, taxonomy: &Taxonomy, path: &Path) -> Result<(), StoreErro
         let mut meta = txn.open_table(META).map_err(unavailable)?;
         txn.open_table(VISITORS).map_err(unavailable)?;
         txn.open_table(EVENTS).map_err(unavailable)?;
+        txn.open_table(SEGMENTS).map_err(unavailable)?;
         let format = meta
             .get("format")
             .map_err(unavailable)?
@@ -125,7 +137,7 @@ fn init(db: &Database, taxonomy: &Taxonomy, path: &Path) -> Result<(), StoreErro
                 meta.insert("taxonomy", taxonomy.fingerprint())
                     .map_err(unavailable)?;
             }
-            Some(FORMAT) => {
+            Some(FORMAT) | Some(FORMAT_V1) => {
                 let stored = meta
                     .get("taxonomy")
                     .map_err(unavailable)?
@@ -139,6 +151,11 @@ fn init(db: &Database, taxonomy: &Taxonomy, path: &Path) -> Result<(), StoreErro
                         taxonomy.fingerprint()
                     )));
                 }
+                if format.as_deref() == Some(FORMAT_V1) {
+                    migrate_v1(&txn, taxonomy)?;
+                    meta.insert("format", FORMAT).map_err(unavailable)?;
+                    tracing::info!(path = %path.display(), "store upgraded from v1 to v2 (timelines rebuilt from raw events)");
+                }
             }
             Some(other) => {
                 return Err(StoreError::Incompatible(format!(
@@ -151,38 +168,64 @@ fn init(db: &Database, taxonomy: &Taxonomy, path: &Path) -> Result<(), StoreErro
     txn.commit().map_err(unavailable)
 }
 
-fn encode_record(r: &VisitorRecord) -> Result<Vec<u8>, StoreError> {
-    let last = r.aggregate.last().map_or(i64::MIN, Millis::as_unix_millis);
-    let buf = last.to_le_bytes().to_vec();
-    postcard::to_extend(r, buf).map_err(unavailable)
+/// The v1 record: v2 without the timeline.
+#[derive(serde::Deserialize)]
+struct RecordV1 {
+    aggregate: crate::scoring::Aggregate,
+    next_seq: u64,
+    seen_ids: std::collections::VecDeque<u64>,
 }
 
-fn decode_record(
-    visitor: &str,
-    bytes: &[u8],
-    taxonomy: &Taxonomy,
-) -> Result<VisitorRecord, StoreError> {
-    let corrupt = |reason: String| StoreError::Corrupt {
-        visitor: visitor.to_string(),
-        reason,
-    };
-    let body = bytes
-        .get(8..)
-        .ok_or_else(|| corrupt("record shorter than its header".into()))?;
-    let record: VisitorRecord = postcard::from_bytes(body).map_err(|e| corrupt(e.to_string()))?;
-    if !record.aggregate.fits(taxonomy) {
-        return Err(corrupt(
-            "aggregate does not fit the running taxonomy".into(),
-        ));
+/// Rewrites every v1 record as v2, its timeline rebuilt from the kept raw
+/// events (the timeline keeps fewer times per type than the ring holds).
+fn migrate_v1(txn: &redb::WriteTransaction, taxonomy: &Taxonomy) -> Result<(), StoreError> {
+    let mut visitors = txn.open_table(VISITORS).map_err(unavailable)?;
+    let events = txn.open_table(EVENTS).map_err(unavailable)?;
+    let mut upgraded = Vec::new();
+    for entry in visitors.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        let id = k.value().to_string();
+        let Some(old) = v
+            .value()
+            .get(8..)
+            .and_then(|b| postcard::from_bytes::<RecordV1>(b).ok())
+        else {
+            // Left as is: reading it reports it corrupt, for this visitor only.
+            continue;
+        };
+        let mut timeline = Timeline::default();
+        for e in events
+            .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
+            .map_err(unavailable)?
+        {
+            let (_, raw) = e.map_err(unavailable)?;
+            if let Ok(ev) = postcard::from_bytes::<StoredEvent>(raw.value()) {
+                if let Some(kind) = taxonomy.resolve(&ev.kind) {
+                    timeline.record(kind, ev.at);
+                }
+            }
+        }
+        let record = VisitorRecord {
+            aggregate: old.aggregate,
+            timeline,
+            next_seq: old.next_seq,
+            seen_ids: old.seen_ids,
+        };
+        upgraded.push((id, encode_record(&record)?));
     }
-    Ok(record)
+    for (id, bytes) in upgraded {
+        visitors
+            .insert(id.as_str(), bytes.as_slice())
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
-fn last_seen(bytes: &[u8]) -> i64 {
-    bytes
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .map_or(i64::MIN, i64::from_le_bytes)
+fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        visitor: String::new(),
+        reason: format!("saved segment: {e}"),
+    })
 }
 
 impl Store for RedbStore {
@@ -193,6 +236,62 @@ impl Store for RedbStore {
             return Ok(None);
         };
         decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
+    }
+
+    fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SEGMENTS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(unavailable)? {
+            let (_, v) = entry.map_err(unavailable)?;
+            out.push(decode_segment(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(SEGMENTS).map_err(unavailable)?;
+        let Some(v) = table.get(name).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        decode_segment(v.value()).map(Some)
+    }
+
+    fn scan(
+        &self,
+        after: Option<&str>,
+        active_since: Millis,
+        max: usize,
+        max_examined: usize,
+    ) -> Result<ScanChunk, StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let since = active_since.as_unix_millis();
+        let mut chunk = ScanChunk::default();
+        let mut examined = 0;
+        let mut range = table
+            .range::<&str>((lower, Bound::Unbounded))
+            .map_err(unavailable)?;
+        loop {
+            if chunk.entries.len() >= max || examined >= max_examined {
+                return Ok(chunk);
+            }
+            let Some(entry) = range.next() else {
+                chunk.done = true;
+                return Ok(chunk);
+            };
+            let (k, v) = entry.map_err(unavailable)?;
+            examined += 1;
+            let key = k.value();
+            let bytes = v.value();
+            if last_seen(bytes) >= since {
+                chunk.entries.push((key.to_string(), bytes.to_vec()));
+            }
+            chunk.last_key = Some(key.to_string());
+        }
     }
 
     fn recent_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, StoreError> {
@@ -309,6 +408,23 @@ impl Writer {
                         flush(&mut visitors, &mut dirty)?;
                         purge(&mut visitors, &mut events, *inactive_before, *limit).map(Ok)?
                     }
+                    WriteOp::PutSegment { segment, overwrite } => {
+                        let mut table = txn.open_table(SEGMENTS).map_err(unavailable)?;
+                        let name = segment.name.as_str();
+                        let taken = table.get(name).map_err(unavailable)?.is_some();
+                        if taken && !overwrite {
+                            Ok(Outcome::SegmentNameTaken)
+                        } else {
+                            let bytes = serde_json::to_vec(segment).map_err(unavailable)?;
+                            table.insert(name, bytes.as_slice()).map_err(unavailable)?;
+                            Ok(Outcome::SegmentPut { replaced: taken })
+                        }
+                    }
+                    WriteOp::DeleteSegment { name } => {
+                        let mut table = txn.open_table(SEGMENTS).map_err(unavailable)?;
+                        let existed = table.remove(name.as_str()).map_err(unavailable)?.is_some();
+                        Ok(Outcome::SegmentDeleted { existed })
+                    }
                 };
                 outcomes.push(outcome);
             }
@@ -414,4 +530,97 @@ fn purge(
         visitors: victims.len(),
         more,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Event;
+    use crate::scoring::Aggregate;
+
+    /// Writes a v1 file by hand: one visitor whose record has no timeline,
+    /// and two kept raw events.
+    fn write_v1(dir: &Path, taxonomy: &Taxonomy) {
+        #[derive(serde::Serialize)]
+        struct V1<'a> {
+            aggregate: &'a Aggregate,
+            next_seq: u64,
+            seen_ids: std::collections::VecDeque<u64>,
+        }
+        let cart = taxonomy.resolve("add_to_cart").unwrap();
+        let view = taxonomy.resolve("view_item").unwrap();
+        let t0 = Millis::from_unix_millis(1_767_225_600_000);
+        let t1 = Millis::from_unix_millis(1_767_225_660_000);
+        let mut aggregate = Aggregate::new(taxonomy, t0);
+        aggregate.apply(taxonomy, &Event::new(view, t0));
+        aggregate.apply(taxonomy, &Event::new(cart, t1));
+        let db = Database::create(dir.join(FILE_NAME)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut meta = txn.open_table(META).unwrap();
+            meta.insert("format", FORMAT_V1).unwrap();
+            meta.insert("taxonomy", taxonomy.fingerprint()).unwrap();
+            let mut visitors = txn.open_table(VISITORS).unwrap();
+            let body = V1 {
+                aggregate: &aggregate,
+                next_seq: 2,
+                seen_ids: Default::default(),
+            };
+            let bytes =
+                postcard::to_extend(&body, t1.as_unix_millis().to_le_bytes().to_vec()).unwrap();
+            visitors.insert("old-visitor", bytes.as_slice()).unwrap();
+            let mut events = txn.open_table(EVENTS).unwrap();
+            for (seq, kind, at) in [(0u64, "view_item", t0), (1, "add_to_cart", t1)] {
+                let e = StoredEvent {
+                    seq,
+                    kind: kind.into(),
+                    at,
+                    item_id: String::new(),
+                    value: 0.0,
+                    event_id: String::new(),
+                    attributes: Vec::new(),
+                };
+                let raw = postcard::to_stdvec(&e).unwrap();
+                events
+                    .insert(("old-visitor", seq as u32), raw.as_slice())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
+    #[test]
+    fn a_v1_store_is_upgraded_with_timelines_rebuilt_from_raw_events() {
+        let taxonomy = Arc::new(Taxonomy::builtin());
+        let dir = tempfile::tempdir().unwrap();
+        write_v1(dir.path(), &taxonomy);
+        let limits = StoreLimits {
+            recent_events: 200,
+            dedup_window: 128,
+            max_group: 16,
+        };
+
+        let store = RedbStore::open(dir.path(), taxonomy.clone(), limits).unwrap();
+        let record = store
+            .load(&crate::domain::VisitorId::parse("old-visitor".into(), 64).unwrap())
+            .unwrap()
+            .expect("kept");
+
+        let cart = taxonomy.resolve("add_to_cart").unwrap();
+        let view = taxonomy.resolve("view_item").unwrap();
+        assert_eq!(record.next_seq, 2);
+        assert_eq!(record.aggregate.events(), 2);
+        assert_eq!(
+            record.timeline.times(cart),
+            &[Millis::from_unix_millis(1_767_225_660_000)]
+        );
+        assert_eq!(
+            record.timeline.times(view),
+            &[Millis::from_unix_millis(1_767_225_600_000)]
+        );
+        // Upgraded once: reopening finds v2 and changes nothing.
+        drop(store);
+        let again = RedbStore::open(dir.path(), taxonomy, limits).unwrap();
+        assert_eq!(again.segments().unwrap(), Vec::new());
+    }
 }
