@@ -8,6 +8,8 @@
 //!   into scores.
 //! - [`deploy`]: the serving model — loading artifact files, swapping a new
 //!   model in without dropping a call, watching the file for changes.
+//! - [`audience`]: the segment language and funnel tallies (pure); the
+//!   engine runs them over the store.
 //! - [`scoring`]: pure math — the one feature function, the weighted ladder,
 //!   the logistic model.
 //! - [`domain`]: validated types — time, visitor ids, events, the taxonomy.
@@ -15,6 +17,7 @@
 //!   and fitting the logistic model with linfa.
 //! - [`config`] and [`telemetry`]: settings and logging, set up once.
 
+pub mod audience;
 pub mod config;
 pub mod deploy;
 pub mod domain;
