@@ -8,7 +8,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // tonic-build 0.14's own rerun option does nothing, so say it ourselves.
     println!("cargo:rerun-if-changed=proto");
 
-    let files = ["rung/v1/intent.proto", "rung/v1/model.proto"];
+    let files = [
+        "rung/v1/intent.proto",
+        "rung/v1/model.proto",
+        "rung/v1/audience.proto",
+    ];
     let fds = protox::compile(files, ["proto"])?;
 
     let out = PathBuf::from(env::var("OUT_DIR")?);

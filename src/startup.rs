@@ -15,9 +15,10 @@ use crate::config::Settings;
 use crate::deploy::{self, DeployError, Polled};
 use crate::domain::{Millis, Taxonomy, TaxonomyError};
 use crate::engine::{Engine, EngineSettings};
+use crate::grpc::proto::audience_service_server::AudienceServiceServer;
 use crate::grpc::proto::intent_service_server::IntentServiceServer;
 use crate::grpc::proto::model_service_server::ModelServiceServer;
-use crate::grpc::{proto, IntentApi, ModelApi};
+use crate::grpc::{proto, AudienceApi, IntentApi, ModelApi};
 use crate::scoring::Model;
 use crate::store::{RedbStore, StoreError, StoreLimits};
 
@@ -183,6 +184,9 @@ impl Application {
             .await;
         health.set_serving::<IntentServiceServer<IntentApi>>().await;
         health.set_serving::<ModelServiceServer<ModelApi>>().await;
+        health
+            .set_serving::<AudienceServiceServer<AudienceApi>>()
+            .await;
         let reflection = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -199,6 +203,9 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection)
             .add_service(IntentServiceServer::new(IntentApi::new(
+                self.engine.clone(),
+            )))
+            .add_service(AudienceServiceServer::new(AudienceApi::new(
                 self.engine.clone(),
             )))
             .add_service(ModelServiceServer::new(ModelApi::new(self.engine)))

@@ -17,7 +17,7 @@ async fn health_reports_serving_for_the_server_and_the_scoring_service() {
     let app = spawn_app().await;
     let mut health = HealthClient::new(app.channel.clone());
 
-    for service in ["", SERVICE_NAME] {
+    for service in ["", SERVICE_NAME, "rung.v1.AudienceService"] {
         let r = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -65,6 +65,10 @@ async fn reflection_lists_the_services_and_describes_score() {
     );
     assert!(
         names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"rung.v1.AudienceService".to_string()),
         "{names:?}"
     );
 

@@ -5,6 +5,8 @@
 //! The model can be replaced while serving ([`crate::deploy`]): every call
 //! takes the serving model once, at its start, and scores with it to the end.
 
+pub mod audience;
+
 use std::path::Path;
 use std::sync::Arc;
 

@@ -276,7 +276,7 @@ pub fn stage(s: Stage) -> proto::Stage {
     }
 }
 
-fn band(b: Band) -> proto::Band {
+pub fn band(b: Band) -> proto::Band {
     match b {
         Band::Low => proto::Band::Low,
         Band::Medium => proto::Band::Medium,
@@ -425,5 +425,40 @@ pub fn reload_response(swap: &Swap) -> proto::ReloadModelResponse {
         changed: swap.changed(),
         path: swap.current.path.display().to_string(),
         loaded_at: Some(to_timestamp(swap.current.loaded_at)),
+    }
+}
+
+pub fn funnel_response(r: crate::audience::funnel::FunnelReport) -> proto::FunnelResponse {
+    fn step(s: crate::audience::funnel::Step) -> proto::FunnelStep {
+        let previous = s.visitors + s.drop_off;
+        proto::FunnelStep {
+            name: s.name,
+            visitors: s.visitors,
+            step_conversion: s.conversion.unwrap_or(0.0),
+            drop_off: s.drop_off,
+            drop_off_rate: if previous > 0 {
+                s.drop_off as f64 / previous as f64
+            } else {
+                0.0
+            },
+        }
+    }
+    proto::FunnelResponse {
+        from: Some(to_timestamp(r.range.from)),
+        to: Some(to_timestamp(r.range.to)),
+        visitors: r.visitors,
+        sessions: r.sessions,
+        milestones: r.milestones.into_iter().map(step).collect(),
+        stages: r.stages.into_iter().map(step).collect(),
+        event_rates: r
+            .rates
+            .into_iter()
+            .map(|x| proto::EventTypeRate {
+                event_type: x.event_type,
+                events: x.events,
+                per_100_sessions: x.per_100_sessions.unwrap_or(0.0),
+            })
+            .collect(),
+        approximate_visitors: r.approximate_visitors,
     }
 }

@@ -1,6 +1,7 @@
 //! The gRPC transport: generated code, proto ↔ domain conversions, the one
 //! error → Status table, and thin handlers that make one engine call each.
 
+pub mod audience_api;
 pub mod convert;
 pub mod intent_api;
 pub mod model_api;
@@ -16,5 +17,6 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/rung_descriptor.bin"));
 }
 
+pub use audience_api::AudienceApi;
 pub use intent_api::IntentApi;
 pub use model_api::ModelApi;

@@ -70,3 +70,21 @@ impl From<crate::engine::EngineError> for Status {
         }
     }
 }
+
+/// Audience errors: the caller's definition or name, or the engine's.
+impl From<crate::engine::audience::AudienceError> for Status {
+    fn from(e: crate::engine::audience::AudienceError) -> Status {
+        use crate::engine::audience::AudienceError;
+        match e {
+            AudienceError::Engine(inner) => inner.into(),
+            AudienceError::NotFound(_) => Status::not_found(e.to_string()),
+            AudienceError::NameTaken(_) => Status::already_exists(e.to_string()),
+            AudienceError::Builtin(_) => FieldError::new("name", e).into(),
+            AudienceError::Definition(d) => FieldError::new("definition", d).into(),
+            AudienceError::SavedInvalid { .. } => {
+                tracing::warn!(error = %e, "saved segment no longer valid");
+                Status::failed_precondition(e.to_string())
+            }
+        }
+    }
+}

@@ -91,7 +91,7 @@ pub enum Outcome {
     Tracked {
         accepted: u32,
         duplicates: u32,
-        record: Option<VisitorRecord>,
+        record: Option<Box<VisitorRecord>>,
     },
     Forgotten {
         existed: bool,

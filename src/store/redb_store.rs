@@ -474,7 +474,7 @@ impl Writer {
         let outcome = Outcome::Tracked {
             accepted: applied.stored.len() as u32,
             duplicates: applied.duplicates,
-            record: want_record.then(|| record.clone()),
+            record: want_record.then(|| Box::new(record.clone())),
         };
         dirty.insert(v.to_string(), Some(record));
         Ok(Ok(outcome))
