@@ -49,6 +49,11 @@ enum Command {
     SuggestLadder(offline::SuggestArgs),
     /// Write simulated journeys as an event log (rung's CSV layout).
     Simulate(offline::SimulateArgs),
+    /// Audiences: export or count a segment's members.
+    Segment {
+        #[command(subcommand)]
+        command: segment_cli::SegmentCommand,
+    },
 }
 
 #[derive(clap::Args)]
@@ -123,6 +128,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::SuggestLadder(args) => offline::suggest_ladder(args),
         Command::Simulate(args) => offline::simulate(args),
+        Command::Segment { command } => {
+            rung::telemetry::init(LogFormat::Human, "warn");
+            segment_cli::run(command)
+        }
     }
 }
 
@@ -189,6 +198,7 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 mod offline;
+mod segment_cli;
 
 mod bench {
     //! `rung bench`: sets up the server and the workload, runs the scenarios
