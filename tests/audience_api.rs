@@ -469,6 +469,16 @@ async fn an_export_of_a_deleted_segment_ends_with_not_found() {
         })
         .await
         .expect("saved");
+    // Counted on all cores over parts of the id space: every visitor once.
+    let counted = client
+        .count_segment(CountSegmentRequest {
+            name: "carted".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("count")
+        .into_inner();
+    assert_eq!((counted.count, counted.scanned), (60_000, 60_000));
 
     // Act
     let mut stream = client

@@ -7,8 +7,6 @@
 //! are skipped on their record header alone; the rest are decoded and
 //! evaluated on all cores.
 
-use std::sync::Arc;
-
 use crate::audience::definition::{builtins, Definition, DefinitionError, LanguageLimits};
 use crate::audience::evaluate::{evaluate, NodeId, Scored, Subject};
 use crate::audience::funnel::{FunnelReport, FunnelTally, TimeRange};
@@ -235,31 +233,69 @@ impl Engine {
         let since = def
             .active_since(as_of)
             .unwrap_or(Millis::from_unix_millis(i64::MIN));
-        let mut counted = Counted {
-            count: 0,
-            scanned: 0,
-        };
-        let mut after: Option<String> = None;
-        loop {
-            let chunk = self
-                .store
-                .scan(after.as_deref(), since, CHUNK, MAX_EXAMINED)?;
-            counted.scanned += chunk.entries.len() as u64;
-            let parts = on_all_cores(&chunk.entries, |entries| {
-                let mut n = 0u64;
-                for (id, bytes) in entries {
-                    if let Some(mut subject) = self.subject(&serving.model, id, bytes, as_of) {
-                        n += u64::from(evaluate(def, &mut subject).is_some());
-                    }
+        let parts = self.scan_parallel(
+            since,
+            || Counted {
+                count: 0,
+                scanned: 0,
+            },
+            |c, id, bytes| {
+                c.scanned += 1;
+                if let Some(mut subject) = self.subject(&serving.model, id, bytes, as_of) {
+                    c.count += u64::from(evaluate(def, &mut subject).is_some());
                 }
-                n
-            });
-            counted.count += parts.into_iter().sum::<u64>();
-            if chunk.done {
-                return Ok(counted);
+            },
+        )?;
+        Ok(parts.into_iter().fold(
+            Counted {
+                count: 0,
+                scanned: 0,
+            },
+            |a, b| Counted {
+                count: a.count + b.count,
+                scanned: a.scanned + b.scanned,
+            },
+        ))
+    }
+
+    /// Scans every visitor last seen at or after `since`, on all cores: the
+    /// id space is cut into more parts than cores and each worker takes the
+    /// next part when done, so uneven parts still balance. One `R` per part.
+    fn scan_parallel<R: Send>(
+        &self,
+        since: Millis,
+        init: impl Fn() -> R + Sync,
+        visit: impl Fn(&mut R, &str, &[u8]) + Sync,
+    ) -> Result<Vec<R>, EngineError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let parts = self.store.partitions(cores * 8)?;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let worker = || -> Result<Vec<R>, EngineError> {
+            let mut done = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(range) = parts.get(i) else {
+                    return Ok(done);
+                };
+                let mut acc = init();
+                self.store.scan_range(range, since, &mut |id, bytes| {
+                    visit(&mut acc, id, bytes);
+                    std::ops::ControlFlow::Continue(())
+                })?;
+                done.push(acc);
             }
-            after = chunk.last_key;
+        };
+        if cores == 1 || parts.len() == 1 {
+            return worker();
         }
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..cores).map(|_| scope.spawn(worker)).collect();
+            let mut all = Vec::new();
+            for h in handles {
+                all.extend(h.join().map_err(|_| EngineError::UnexpectedOutcome)??);
+            }
+            Ok(all)
+        })
     }
 
     /// The members among the visitors after `after` (in id order), one
@@ -309,29 +345,20 @@ impl Engine {
 
     /// Funnel figures over `[from, to)`.
     pub fn funnel(&self, range: TimeRange) -> Result<FunnelReport, EngineError> {
-        let mut total = FunnelTally::new(&self.taxonomy);
-        let mut after: Option<String> = None;
-        loop {
-            let chunk = self
-                .store
-                .scan(after.as_deref(), range.from, CHUNK, MAX_EXAMINED)?;
-            let parts = on_all_cores(&chunk.entries, |entries| {
-                let mut tally = FunnelTally::new(&self.taxonomy);
-                for (id, bytes) in entries {
-                    if let Some(view) = self.decode(id, bytes) {
-                        tally.add(&self.taxonomy, range, &view.aggregate, &view.timeline);
-                    }
+        let parts = self.scan_parallel(
+            range.from,
+            || FunnelTally::new(&self.taxonomy),
+            |tally, id, bytes| {
+                if let Some(view) = self.decode(id, bytes) {
+                    tally.add(&self.taxonomy, range, &view.aggregate, &view.timeline);
                 }
-                tally
-            });
-            for t in &parts {
-                total.merge(t);
-            }
-            if chunk.done {
-                return Ok(total.report(&self.taxonomy, range));
-            }
-            after = chunk.last_key;
+            },
+        )?;
+        let mut total = FunnelTally::new(&self.taxonomy);
+        for t in &parts {
+            total.merge(t);
         }
+        Ok(total.report(&self.taxonomy, range))
     }
 
     /// A corrupt record is left out of audiences (and logged) rather than
@@ -526,9 +553,6 @@ impl ResumeToken {
         })
     }
 }
-
-/// Shared handle type for exports running on their own task.
-pub type SharedDefinition = Arc<Definition>;
 
 #[cfg(test)]
 mod tests {

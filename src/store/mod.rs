@@ -75,6 +75,65 @@ pub struct SavedSegment {
     pub updated_at: Millis,
 }
 
+/// Visitor ids from `from` (inclusive) up to `to` (exclusive); `None` is open.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IdRange {
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl IdRange {
+    /// Splits the ids between `first` and `last` at evenly spaced points,
+    /// reading the bytes after their common prefix as a number in printable
+    /// ASCII (other bytes count as its ends); the first range starts and the
+    /// last ends open, so every id is in exactly one range.
+    pub fn split(first: &str, last: &str, parts: usize) -> Vec<IdRange> {
+        const DIGITS: usize = 3;
+        const LO: u8 = 0x20;
+        const BASE: u64 = 95;
+        let (a, b) = (first.as_bytes(), last.as_bytes());
+        let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+        let mut cut = common;
+        while !first.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let prefix = &first[..cut];
+        let start = prefix.len();
+        let value = |s: &[u8]| -> u64 {
+            (0..DIGITS).fold(0, |acc, i| {
+                let byte = s.get(start + i).copied().unwrap_or(LO);
+                acc * BASE + u64::from(byte.clamp(LO, LO + 94) - LO)
+            })
+        };
+        let (lo, hi) = (value(a), value(b));
+        let mut cuts: Vec<String> = (1..parts.max(1) as u64)
+            .map(|k| {
+                let mut v = lo + (hi.saturating_sub(lo)) * k / parts as u64;
+                let mut digits = [0u8; DIGITS];
+                for d in digits.iter_mut().rev() {
+                    *d = LO + (v % BASE) as u8;
+                    v /= BASE;
+                }
+                let tail: String = digits.iter().map(|&c| c as char).collect();
+                format!("{prefix}{}", tail.trim_end_matches(' '))
+            })
+            .filter(|c| c.as_str() > first && c.as_str() <= last)
+            .collect();
+        cuts.dedup();
+        let mut ranges = Vec::with_capacity(cuts.len() + 1);
+        let mut from = None;
+        for cut in cuts {
+            ranges.push(IdRange {
+                from: from.take(),
+                to: Some(cut.clone()),
+            });
+            from = Some(cut);
+        }
+        ranges.push(IdRange { from, to: None });
+        ranges
+    }
+}
+
 /// Stored visitors in id order, still encoded ([`record::decode_view`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanChunk {
@@ -135,6 +194,18 @@ pub trait Store: Send + Sync + 'static {
     /// Saved segments, by name.
     fn segments(&self) -> Result<Vec<SavedSegment>, StoreError>;
     fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError>;
+    /// Calls `visit` with each visitor in `range` (by id, in id order) last
+    /// seen at or after `active_since`, and its encoded record, until it
+    /// breaks. One read transaction; records are not copied.
+    fn scan_range(
+        &self,
+        range: &IdRange,
+        active_since: Millis,
+        visit: &mut dyn FnMut(&str, &[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError>;
+    /// About `parts` ranges covering every visitor id, for scanning in
+    /// parallel. Balanced for ids spread evenly; always complete and disjoint.
+    fn partitions(&self, parts: usize) -> Result<Vec<IdRange>, StoreError>;
     /// Up to `max` visitors with ids after `after`, in id order, skipping
     /// those last seen before `active_since` without decoding them. Looks
     /// at no more than `max_examined` ids, so one call stays short.
@@ -152,4 +223,42 @@ pub async fn settle(ticket: Ticket) -> Result<Outcome, StoreError> {
     ticket
         .await
         .unwrap_or_else(|_| Err(StoreError::Unavailable("the store writer stopped".into())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IdRange;
+    use proptest::prelude::*;
+
+    fn contains(r: &IdRange, id: &str) -> bool {
+        r.from.as_deref().is_none_or(|f| id >= f) && r.to.as_deref().is_none_or(|t| id < t)
+    }
+
+    #[test]
+    fn sequential_ids_split_into_even_parts() {
+        let ids: Vec<String> = (0..10_000).map(|i| format!("v{i:05}")).collect();
+        let parts = IdRange::split(&ids[0], &ids[9_999], 4);
+        assert_eq!(parts.len(), 4);
+        for p in &parts {
+            let n = ids.iter().filter(|id| contains(p, id)).count();
+            assert!((2_000..=3_000).contains(&n), "{p:?}: {n}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the ids, every one lies in exactly one part.
+        #[test]
+        fn parts_cover_every_id_once(
+            mut ids in prop::collection::vec("\\PC{0,12}", 2..40),
+            parts in 1usize..20,
+        ) {
+            ids.sort();
+            let ranges = IdRange::split(&ids[0], ids.last().unwrap(), parts);
+            prop_assert!(ranges.len() <= parts.max(1));
+            for id in &ids {
+                let n = ranges.iter().filter(|r| contains(r, id)).count();
+                prop_assert_eq!(n, 1, "{:?} in {:?}", id, ranges);
+            }
+        }
+    }
 }

@@ -258,6 +258,47 @@ impl Store for RedbStore {
         decode_segment(v.value()).map(Some)
     }
 
+    fn scan_range(
+        &self,
+        range: &super::IdRange,
+        active_since: Millis,
+        visit: &mut dyn FnMut(&str, &[u8]) -> std::ops::ControlFlow<()>,
+    ) -> Result<(), StoreError> {
+        use std::ops::Bound;
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        let from = range
+            .from
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Included);
+        let to = range
+            .to
+            .as_deref()
+            .map_or(Bound::Unbounded, Bound::Excluded);
+        let since = active_since.as_unix_millis();
+        for entry in table.range::<&str>((from, to)).map_err(unavailable)? {
+            let (k, v) = entry.map_err(unavailable)?;
+            let bytes = v.value();
+            if last_seen(bytes) >= since && visit(k.value(), bytes).is_break() {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn partitions(&self, parts: usize) -> Result<Vec<super::IdRange>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        let mut all = table.iter().map_err(unavailable)?;
+        let first = all.next().transpose().map_err(unavailable)?;
+        let last = all.next_back().transpose().map_err(unavailable)?;
+        let ranges = match (first, last) {
+            (Some((a, _)), Some((b, _))) => super::IdRange::split(a.value(), b.value(), parts),
+            _ => vec![super::IdRange::default()],
+        };
+        Ok(ranges)
+    }
+
     fn scan(
         &self,
         after: Option<&str>,
