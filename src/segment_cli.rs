@@ -25,7 +25,7 @@ pub enum SegmentCommand {
 pub struct SourceArgs {
     /// A built-in or saved segment's name.
     pub name: String,
-    /// A running server, e.g. http://127.0.0.1:50051.
+    /// A running server: 127.0.0.1:50051 or http://127.0.0.1:50051.
     #[arg(long, conflicts_with = "data_dir")]
     pub addr: Option<String>,
     /// A stopped server's data directory, read directly (no server needed).
@@ -111,6 +111,15 @@ fn as_of(text: Option<&str>) -> anyhow::Result<Option<Millis>> {
     .transpose()
 }
 
+/// `host:port` or a URL: tonic needs the scheme.
+fn endpoint(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -127,7 +136,9 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
             };
             let mut w = Writer::new(args.format, out);
             let n = match (&args.source.addr, &args.source.data_dir) {
-                (Some(addr), _) => runtime.block_on(export_remote(addr, &args.source, &mut w))?,
+                (Some(addr), _) => {
+                    runtime.block_on(export_remote(&endpoint(addr), &args.source, &mut w))?
+                }
                 (None, Some(dir)) => export_local(dir, &args.source, &mut w)?,
                 (None, None) => {
                     bail!("give --addr (a running server) or --data-dir (a stopped one)")
@@ -140,7 +151,7 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
         SegmentCommand::Count(source) => {
             let n = match (&source.addr, &source.data_dir) {
                 (Some(addr), _) => runtime.block_on(async {
-                    let mut client = AudienceServiceClient::connect(addr.clone())
+                    let mut client = AudienceServiceClient::connect(endpoint(addr))
                         .await
                         .with_context(|| format!("connecting to {addr}"))?;
                     let r = client

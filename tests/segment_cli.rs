@@ -90,7 +90,7 @@ async fn export_from_a_server_and_from_its_stopped_data_directory_agree() {
         .map(|s| s.to_string())
         .collect()
     };
-    let addr = format!("http://{}", app.addr);
+    let addr = app.addr.to_string();
 
     // Act
     let jsonl = rung(args(&["--addr", &addr], "jsonl"))
