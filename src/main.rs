@@ -7,6 +7,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use rung::config::{LogFormat, Settings};
+
+/// Measured against glibc's malloc in BENCHMARKS.md.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use rung::startup::Application;
 
 #[derive(Parser)]
