@@ -15,6 +15,11 @@ use rung::engine::{Engine, EngineSettings, ScoreQuery};
 use rung::scoring::{observe, Model};
 use rung::store::{RedbStore, StoreLimits};
 
+/// The server's allocator, so the handler figures match what it runs.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const AS_OF: i64 = 1_767_225_600_000;
 
 /// A visitor of `n` events over the last 30 days, drawn from the funnel's
@@ -77,15 +82,15 @@ fn pure_scoring(c: &mut Criterion) {
     group.finish();
 }
 
-fn engine_score(c: &mut Criterion) {
+/// An engine over an empty store, with the shipped model and default settings.
+fn engine(data: &std::path::Path) -> Engine {
     let settings = Settings::default();
     let taxonomy = Taxonomy::builtin();
     let model =
         rung::deploy::load(std::path::Path::new(MODEL_PATH), &taxonomy).expect("model loads");
-    let data = tempfile::tempdir().unwrap();
     let taxonomy = Arc::new(taxonomy);
     let store = RedbStore::open(
-        data.path(),
+        data,
         taxonomy.clone(),
         StoreLimits {
             recent_events: 200,
@@ -94,8 +99,8 @@ fn engine_score(c: &mut Criterion) {
         },
     )
     .unwrap();
-    let engine = Engine::new(
-        taxonomy.clone(),
+    Engine::new(
+        taxonomy,
         model,
         Arc::new(store),
         EngineSettings {
@@ -104,7 +109,13 @@ fn engine_score(c: &mut Criterion) {
             limits: settings.limits.clone(),
             retention_days: 90.0,
         },
-    );
+    )
+}
+
+fn engine_score(c: &mut Criterion) {
+    let data = tempfile::tempdir().unwrap();
+    let engine = engine(data.path());
+    let taxonomy = engine.taxonomy().clone();
     let now = Millis::from_unix_millis(AS_OF);
     let mut group = c.benchmark_group("engine.score (store lookup, sort, reasons, result)");
     for n in [10, 50, 500] {
@@ -127,5 +138,60 @@ fn engine_score(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pure_scoring, engine_score);
+/// The server's whole work for one call apart from HTTP/2: protobuf decode,
+/// the handler (validation, conversion, store lookup, scoring) and the
+/// response's encoding, stage by stage, on the load tool's simulated
+/// visitors of 20 events. Divide the batch figures by 100 for a visitor.
+fn handler(c: &mut Criterion) {
+    use prost::Message;
+    use rung::grpc::proto::intent_service_server::IntentService;
+    use rung::grpc::proto::{ScoreBatchRequest, ScoreRequest};
+
+    let data = tempfile::tempdir().unwrap();
+    let api = rung::grpc::IntentApi::new(Arc::new(engine(data.path())));
+    let workload = rung::load::Workload::simulated(100, 42, Millis::now());
+    let request = |i: usize| {
+        let (id, events) = workload.visitor(i);
+        ScoreRequest {
+            visitor_id: id.to_string(),
+            events: events.to_vec(),
+            ..ScoreRequest::default()
+        }
+    };
+    let one = request(0).encode_to_vec();
+    let batch = ScoreBatchRequest {
+        visitors: (0..100).map(request).collect(),
+    }
+    .encode_to_vec();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+
+    let mut group = c.benchmark_group("server work per call (no HTTP/2)");
+    group.bench_function("Score decode", |b| {
+        b.iter(|| black_box(ScoreRequest::decode(black_box(&one[..])).unwrap()))
+    });
+    group.bench_function("Score decode+handler+encode", |b| {
+        b.iter(|| {
+            let req = ScoreRequest::decode(black_box(&one[..])).unwrap();
+            let resp = rt.block_on(api.score(tonic::Request::new(req))).unwrap();
+            black_box(resp.into_inner().encode_to_vec())
+        })
+    });
+    group.bench_function("ScoreBatch(100) decode", |b| {
+        b.iter(|| black_box(ScoreBatchRequest::decode(black_box(&batch[..])).unwrap()))
+    });
+    group.bench_function("ScoreBatch(100) decode+handler+encode", |b| {
+        b.iter(|| {
+            let req = ScoreBatchRequest::decode(black_box(&batch[..])).unwrap();
+            let resp = rt
+                .block_on(api.score_batch(tonic::Request::new(req)))
+                .unwrap();
+            black_box(resp.into_inner().encode_to_vec())
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, pure_scoring, engine_score, handler);
 criterion_main!(benches);

@@ -361,6 +361,10 @@ mod bench {
                 opts.connections, opts.in_flight, opts.warmup, opts.duration, machine
             );
             print!("{}", load::table(&reports));
+            let aims = load::aims(&reports, opts.connections * opts.in_flight);
+            if !aims.is_empty() {
+                print!("\nAims (issue 6):\n\n{}", load::aims_table(&aims));
+            }
             anyhow::Ok(())
         })
     }

@@ -195,6 +195,36 @@ pub async fn concurrent_writes_to_one_visitor_all_apply(store: Arc<dyn Store>, t
     assert_eq!(record.next_seq, 200);
 }
 
+pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+    track(&*store, "a", vec![new_event(&t, "view_item", 0, "a1")]).await;
+    track(
+        &*store,
+        "b",
+        vec![
+            new_event(&t, "add_to_cart", 1, "b1"),
+            new_event(&t, "purchase", 2, "b2"),
+        ],
+    )
+    .await;
+    let (a, nobody, b) = (visitor("a"), visitor("nobody"), visitor("b"));
+    let many: Vec<_> = store
+        .load_many(&[&b, &nobody, &a, &b])
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let one = |v: &VisitorId| store.load(v).unwrap();
+    assert_eq!(many, vec![one(&b), None, one(&a), one(&b)]);
+    assert_eq!(
+        many[0]
+            .as_ref()
+            .unwrap()
+            .aggregate
+            .count(t.resolve("purchase").unwrap()),
+        1
+    );
+    assert!(store.load_many(&[]).is_empty());
+}
+
 macro_rules! store_contract {
     ($backend:ident, $make:expr, [$($case:ident),* $(,)?]) => {
         mod $backend {
@@ -220,6 +250,7 @@ store_contract!(
     super::open_redb,
     [
         unknown_visitors_load_as_none,
+        load_many_answers_each_visitor_in_order,
         tracked_events_are_in_the_record,
         repeated_event_ids_are_duplicates,
         the_dedup_window_is_bounded,

@@ -4,6 +4,8 @@
 //! holds a taxonomy that makes sense.
 
 use std::collections::HashMap;
+
+use foldhash::fast::FixedState;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -102,7 +104,10 @@ pub struct Roles {
 #[derive(Debug, Clone)]
 pub struct Taxonomy {
     types: Vec<EventType>,
-    by_name: HashMap<String, TypeId>,
+    /// Every request resolves each event's name here, so it uses a fast
+    /// fixed hash: the keys are the shop's own names, never inserted from
+    /// requests, so hash flooding has nothing to grow.
+    by_name: HashMap<String, TypeId, FixedState>,
     milestones: Vec<TypeId>,
     roles: Roles,
     score_scale: f64,
@@ -197,7 +202,7 @@ impl Taxonomy {
         if raw.types.len() > usize::from(u16::MAX) {
             return Err(err("types", "too many types"));
         }
-        let mut by_name: HashMap<String, TypeId> = HashMap::new();
+        let mut by_name: HashMap<String, TypeId, FixedState> = HashMap::default();
         let mut types = Vec::with_capacity(raw.types.len());
         for (i, t) in raw.types.iter().enumerate() {
             let entry = format!("types[{i}] ({:?})", t.name);

@@ -208,9 +208,12 @@ impl Engine {
     ) -> Result<Vec<Score>, EngineError> {
         // One model for the whole batch: results of one call are comparable.
         let serving = self.model.current();
+        let ids: Vec<&VisitorId> = queries.iter().map(|q| &q.visitor).collect();
+        let stored = self.store.load_many(&ids);
         queries
             .into_iter()
-            .map(|q| self.score_by(&serving.model, q, now))
+            .zip(stored)
+            .map(|(q, rec)| self.score_with(&serving.model, q, rec?.as_ref(), now))
             .collect()
     }
 

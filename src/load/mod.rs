@@ -22,6 +22,9 @@ use crate::grpc::proto::{ScoreBatchRequest, ScoreRequest, TrackRequest};
 
 pub use workload::Workload;
 
+/// Visitors per ScoreBatch call.
+pub const BATCH_SIZE: usize = 100;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// grpc.health.v1.Health/Check: the floor.
@@ -274,7 +277,7 @@ impl Caller {
                 Ok(1)
             }
             Scenario::ScoreBatch => {
-                let visitors = (0..100)
+                let visitors = (0..BATCH_SIZE)
                     .map(|k| {
                         let (id, events) = w.visitor(i.wrapping_add(k));
                         ScoreRequest {
@@ -288,7 +291,7 @@ impl Caller {
                     .score_batch(ScoreBatchRequest { visitors })
                     .await
                     .map_err(failure)?;
-                Ok(100)
+                Ok(BATCH_SIZE as u64)
             }
             Scenario::Track => {
                 let (_, events) = w.visitor(i);
@@ -368,4 +371,132 @@ pub fn table(reports: &[Report]) -> String {
         ));
     }
     out
+}
+
+/// One of issue 6's aims, judged on one run's reports.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aim {
+    pub aim: &'static str,
+    pub measured: String,
+    pub met: bool,
+}
+
+/// Visitors of 20 events scored per second of server CPU, the ScoreBatch aim.
+pub const BATCH_VISITORS_PER_CORE_SECOND: f64 = 1_000_000.0;
+
+/// The aims that apply to a run at this concurrency: throughput next to
+/// Health under load, p99 next to Health at concurrency 1, CPU per call
+/// next to Health, and ScoreBatch visitors per second of server CPU. Aims
+/// whose scenarios did not run (or had no CPU figure) are left out.
+pub fn aims(reports: &[Report], concurrency: usize) -> Vec<Aim> {
+    let find = |s| reports.iter().find(|r| r.scenario == s && r.calls > 0);
+    let mut out = Vec::new();
+    if let (Some(h), Some(s)) = (find(Scenario::Health), find(Scenario::Score)) {
+        if concurrency > 1 {
+            let ratio = s.calls_per_sec() / h.calls_per_sec();
+            out.push(Aim {
+                aim: "Score calls/s ≥ 90% of Health's",
+                measured: format!("{:.0}%", ratio * 100.0),
+                met: ratio >= 0.9,
+            });
+        } else {
+            let extra = s.quantile_us(0.99) as i64 - h.quantile_us(0.99) as i64;
+            out.push(Aim {
+                aim: "Score p99 ≤ Health's p99 + 50 µs",
+                measured: format!("{extra:+} µs"),
+                met: extra <= 50,
+            });
+        }
+        if let (Some(hc), Some(sc)) = (h.server_cpu_per_call_us, s.server_cpu_per_call_us) {
+            out.push(Aim {
+                aim: "Score server CPU ≤ Health's + 3 µs",
+                measured: format!("{:+.1} µs", sc - hc),
+                met: sc - hc <= 3.0,
+            });
+        }
+    }
+    if let Some(cpu) = find(Scenario::ScoreBatch).and_then(|b| b.server_cpu_per_call_us) {
+        let per_core = if cpu > 0.0 {
+            BATCH_SIZE as f64 / (cpu / 1e6)
+        } else {
+            f64::INFINITY
+        };
+        out.push(Aim {
+            aim: "ScoreBatch ≥ 1,000,000 visitors/s per server core",
+            measured: format!("{per_core:.0} visitors/s"),
+            met: per_core >= BATCH_VISITORS_PER_CORE_SECOND,
+        });
+    }
+    out
+}
+
+/// The aims as a markdown table.
+pub fn aims_table(aims: &[Aim]) -> String {
+    let mut out = String::from("| aim | measured | met |\n|---|---|---|\n");
+    for a in aims {
+        let met = if a.met { "yes" } else { "no" };
+        out.push_str(&format!("| {} | {} | {met} |\n", a.aim, a.measured));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(scenario: Scenario, calls: u64, latencies_us: &[u64], cpu: Option<f64>) -> Report {
+        let mut latency = Histogram::new(3).unwrap();
+        for &l in latencies_us {
+            latency.record(l).unwrap();
+        }
+        Report {
+            scenario,
+            calls,
+            units: calls,
+            seconds: 2.0,
+            latency,
+            errors: BTreeMap::new(),
+            server_cpu_per_call_us: cpu,
+        }
+    }
+
+    #[test]
+    fn aims_under_load_compare_throughput_and_cpu_with_health() {
+        // Health 1000 calls/s at 10 µs; Score 910 calls/s (91%) at 13.5 µs
+        // (+3.5 µs); ScoreBatch 100 visitors in 125 µs = 800,000 per second.
+        let reports = [
+            report(Scenario::Health, 2000, &[100], Some(10.0)),
+            report(Scenario::Score, 1820, &[100], Some(13.5)),
+            report(Scenario::ScoreBatch, 10, &[100], Some(125.0)),
+        ];
+        let aims = aims(&reports, 256);
+        assert_eq!(aims.len(), 3);
+        assert_eq!((aims[0].measured.as_str(), aims[0].met), ("91%", true));
+        assert_eq!((aims[1].measured.as_str(), aims[1].met), ("+3.5 µs", false));
+        assert_eq!(
+            (aims[2].measured.as_str(), aims[2].met),
+            ("800000 visitors/s", false)
+        );
+    }
+
+    #[test]
+    fn at_concurrency_one_the_p99_is_compared_instead_of_throughput() {
+        // 100 samples each: the p99 is the 99th smallest.
+        let health: Vec<u64> = (1..=100).collect();
+        let score: Vec<u64> = (1..=100).map(|v| v + 40).collect();
+        let reports = [
+            report(Scenario::Health, 100, &health, None),
+            report(Scenario::Score, 100, &score, None),
+        ];
+        let aims = aims(&reports, 1);
+        assert_eq!(aims.len(), 1, "no CPU figures, no CPU aim");
+        assert_eq!(aims[0].aim, "Score p99 ≤ Health's p99 + 50 µs");
+        assert_eq!((aims[0].measured.as_str(), aims[0].met), ("+40 µs", true));
+    }
+
+    #[test]
+    fn scenarios_that_did_not_run_have_no_aims() {
+        let reports = [report(Scenario::Health, 100, &[10], Some(5.0))];
+        assert!(aims(&reports, 256).is_empty());
+    }
 }

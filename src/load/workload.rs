@@ -73,12 +73,17 @@ impl Workload {
     }
 
     /// The visitors as Track messages, for loading the server before
-    /// Score-by-id runs; remembers their ids.
+    /// Score-by-id runs; remembers their ids. They are stored under ids of
+    /// their own (`stored-…`), so the visitors sent inline stay unknown to
+    /// the server, as they are for a caller that keeps its own state.
     pub fn to_store(&mut self) -> Vec<TrackRequest> {
-        self.stored = self.visitors.iter().map(|(id, _)| id.clone()).collect();
-        self.visitors
+        self.stored = (0..self.visitors.len())
+            .map(|n| format!("stored-{n}"))
+            .collect();
+        self.stored
             .iter()
-            .map(|(id, events)| TrackRequest {
+            .zip(&self.visitors)
+            .map(|(id, (_, events))| TrackRequest {
                 visitor_id: id.clone(),
                 events: events.clone(),
             })

@@ -187,6 +187,12 @@ pub struct StoreLimits {
 pub trait Store: Send + Sync + 'static {
     /// The visitor's record, if rung has seen them.
     fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError>;
+    /// [`Store::load`] of each visitor, in order, as of one moment: a batch
+    /// pays for one read transaction instead of one per visitor. A corrupt
+    /// record fails only its own entry.
+    fn load_many(&self, visitors: &[&VisitorId]) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
+        visitors.iter().map(|v| self.load(v)).collect()
+    }
     /// The visitor's kept raw events, newest first.
     fn recent_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, StoreError>;
     /// Queues a write; the ticket resolves when it is durable.

@@ -238,6 +238,25 @@ impl Store for RedbStore {
         decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
     }
 
+    fn load_many(&self, visitors: &[&VisitorId]) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
+        let table = self
+            .db
+            .begin_read()
+            .map_err(unavailable)
+            .and_then(|txn| txn.open_table(VISITORS).map_err(unavailable));
+        let table = match table {
+            Ok(t) => t,
+            Err(e) => return visitors.iter().map(|_| Err(e.clone())).collect(),
+        };
+        visitors
+            .iter()
+            .map(|v| match table.get(v.as_str()).map_err(unavailable)? {
+                Some(value) => decode_record(v.as_str(), value.value(), &self.taxonomy).map(Some),
+                None => Ok(None),
+            })
+            .collect()
+    }
+
     fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(SEGMENTS).map_err(unavailable)?;
