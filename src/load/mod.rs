@@ -5,22 +5,25 @@
 //! bottleneck. Each scenario is reported next to Health/Check, the smallest
 //! unary call: the transport's floor.
 
+pub mod raw;
 pub mod workload;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
 use tonic::Code;
-use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
 
 use crate::grpc::proto::intent_service_client::IntentServiceClient;
-use crate::grpc::proto::{ScoreBatchRequest, ScoreRequest, TrackRequest};
+use crate::grpc::proto::TrackRequest;
 
+pub use raw::RawClient;
 pub use workload::Workload;
+
+const SCORE: &str = "/rung.v1.IntentService/Score";
 
 /// Visitors per ScoreBatch call.
 pub const BATCH_SIZE: usize = 100;
@@ -222,7 +225,7 @@ fn failure(s: tonic::Status) -> (Code, String) {
 /// One in-flight slot: a client and its position in the workload.
 struct Caller {
     intent: IntentServiceClient<Channel>,
-    health: HealthClient<Channel>,
+    raw: RawClient,
     workload: Arc<Workload>,
     n: u64,
     seed: u64,
@@ -235,7 +238,7 @@ impl Caller {
             intent: IntentServiceClient::new(channel.clone())
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
-            health: HealthClient::new(channel),
+            raw: RawClient::new(channel),
             workload,
             n: 0,
             seed,
@@ -250,45 +253,30 @@ impl Caller {
         let w = &self.workload;
         match scenario {
             Scenario::Health => {
-                self.health
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
+                // An empty HealthCheckRequest (service "") is zero bytes.
+                self.raw
+                    .unary("/grpc.health.v1.Health/Check", Bytes::new())
                     .await
                     .map_err(failure)?;
                 Ok(1)
             }
             Scenario::Score => {
-                let (id, events) = w.visitor(i);
-                let req = ScoreRequest {
-                    visitor_id: id.to_string(),
-                    events: events.to_vec(),
-                    ..ScoreRequest::default()
-                };
-                self.intent.score(req).await.map_err(failure)?;
+                self.raw
+                    .unary(SCORE, w.score_inline(i))
+                    .await
+                    .map_err(failure)?;
                 Ok(1)
             }
             Scenario::ScoreById => {
-                let req = ScoreRequest {
-                    visitor_id: w.stored_id(i).to_string(),
-                    ..ScoreRequest::default()
-                };
-                self.intent.score(req).await.map_err(failure)?;
+                self.raw
+                    .unary(SCORE, w.score_by_id(i))
+                    .await
+                    .map_err(failure)?;
                 Ok(1)
             }
             Scenario::ScoreBatch => {
-                let visitors = (0..BATCH_SIZE)
-                    .map(|k| {
-                        let (id, events) = w.visitor(i.wrapping_add(k));
-                        ScoreRequest {
-                            visitor_id: id.to_string(),
-                            events: events.to_vec(),
-                            ..ScoreRequest::default()
-                        }
-                    })
-                    .collect();
-                self.intent
-                    .score_batch(ScoreBatchRequest { visitors })
+                self.raw
+                    .unary("/rung.v1.IntentService/ScoreBatch", w.score_batch(i))
                     .await
                     .map_err(failure)?;
                 Ok(BATCH_SIZE as u64)

@@ -1,8 +1,11 @@
 //! Requests that look like a shop's: visitors from the journey simulator,
 //! shifted so their events end a minute before the run starts.
 
+use bytes::Bytes;
+use prost::Message;
+
 use crate::domain::Millis;
-use crate::grpc::proto::{Event, TrackRequest};
+use crate::grpc::proto::{Event, ScoreBatchRequest, ScoreRequest, TrackRequest};
 use crate::simulator::{simulate, SimConfig};
 
 pub struct Workload {
@@ -10,7 +13,15 @@ pub struct Workload {
     visitors: Vec<(String, Vec<Event>)>,
     /// Visitors the server has stored (for Score by id).
     stored: Vec<String>,
+    /// Requests encoded once: Score with each visitor inline, Score by id
+    /// of each stored visitor, and ScoreBatch calls.
+    score_inline: Vec<Bytes>,
+    score_by_id: Vec<Bytes>,
+    batches: Vec<Bytes>,
 }
+
+/// Distinct ScoreBatch requests prepared (each of `BATCH_SIZE` visitors).
+const BATCHES: usize = 32;
 
 pub const EVENTS_PER_VISITOR: usize = 20;
 
@@ -25,7 +36,7 @@ impl Workload {
         // Long journeys give 20 events as they are; shorter ones are joined
         // end to end, as one visitor coming back.
         let mut pool = journeys.iter().flat_map(|j| j.events.iter()).cycle();
-        let visitors = (0..count)
+        let visitors: Vec<(String, Vec<Event>)> = (0..count)
             .map(|n| {
                 let evs: Vec<_> = pool.by_ref().take(EVENTS_PER_VISITOR).cloned().collect();
                 // Keep the journey's gaps (clamped to 5 s .. 6 h; a jump back
@@ -61,10 +72,50 @@ impl Workload {
                 (format!("bench-{seed}-{n}"), events)
             })
             .collect();
+        let score_inline: Vec<Bytes> = visitors
+            .iter()
+            .map(|(id, events)| encode(&inline(id, events)))
+            .collect();
+        let batches = (0..BATCHES.min(visitors.len()))
+            .map(|b| {
+                let visitors = (0..super::BATCH_SIZE)
+                    .map(|k| {
+                        let (id, events) = &visitors[(b * 7 + k) % visitors.len()];
+                        inline(id, events)
+                    })
+                    .collect();
+                encode(&ScoreBatchRequest { visitors })
+            })
+            .collect();
         Workload {
             visitors,
             stored: Vec::new(),
+            score_inline,
+            score_by_id: Vec::new(),
+            batches,
         }
+    }
+
+    /// An encoded Score request with visitor `i`'s events inline.
+    pub fn score_inline(&self, i: usize) -> Bytes {
+        self.score_inline[i % self.score_inline.len()].clone()
+    }
+
+    /// An encoded Score request for a stored visitor (an inline visitor's
+    /// id, unknown to the server, until [`Workload::to_store`]).
+    pub fn score_by_id(&self, i: usize) -> Bytes {
+        match self.score_by_id.len() {
+            0 => encode(&ScoreRequest {
+                visitor_id: self.visitors[i % self.visitors.len()].0.clone(),
+                ..ScoreRequest::default()
+            }),
+            n => self.score_by_id[i % n].clone(),
+        }
+    }
+
+    /// An encoded ScoreBatch request of `BATCH_SIZE` inline visitors.
+    pub fn score_batch(&self, i: usize) -> Bytes {
+        self.batches[i % self.batches.len()].clone()
     }
 
     pub fn visitor(&self, i: usize) -> (&str, &[Event]) {
@@ -80,6 +131,16 @@ impl Workload {
         self.stored = (0..self.visitors.len())
             .map(|n| format!("stored-{n}"))
             .collect();
+        self.score_by_id = self
+            .stored
+            .iter()
+            .map(|id| {
+                encode(&ScoreRequest {
+                    visitor_id: id.clone(),
+                    ..ScoreRequest::default()
+                })
+            })
+            .collect();
         self.stored
             .iter()
             .zip(&self.visitors)
@@ -88,13 +149,6 @@ impl Workload {
                 events: events.clone(),
             })
             .collect()
-    }
-
-    pub fn stored_id(&self, i: usize) -> &str {
-        if self.stored.is_empty() {
-            return &self.visitors[i % self.visitors.len()].0;
-        }
-        &self.stored[i % self.stored.len()]
     }
 
     /// A Track message of 100 events (five visitors' events under one id).
@@ -112,4 +166,16 @@ impl Workload {
             events,
         }
     }
+}
+
+fn inline(id: &str, events: &[Event]) -> ScoreRequest {
+    ScoreRequest {
+        visitor_id: id.to_string(),
+        events: events.to_vec(),
+        ..ScoreRequest::default()
+    }
+}
+
+fn encode(m: &impl Message) -> Bytes {
+    Bytes::from(m.encode_to_vec())
 }

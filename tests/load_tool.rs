@@ -1,0 +1,129 @@
+//! The load generator (`rung bench`'s engine) against a real server: every
+//! scenario completes calls without errors, counts its units, and the
+//! pre-encoded requests it sends are answered exactly like typed ones.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prost::Message;
+use rung::domain::Millis;
+use rung::grpc::proto::{GetVisitorRequest, ScoreRequest, ScoreResponse};
+use rung::load::{self, LoadOptions, RawClient, Scenario, Workload, BATCH_SIZE};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_runs_without_errors_and_counts_its_units() {
+    let app = common::spawn_app().await;
+    let mut workload = Workload::simulated(50, 7, Millis::now());
+    let stored = workload.to_store();
+    let summary = app
+        .client
+        .clone()
+        .track_stream(tokio_stream::iter(stored))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(summary.rejected, 0, "{:?}", summary.rejections);
+    let workload = Arc::new(workload);
+    let opts = LoadOptions {
+        connections: 1,
+        in_flight: 2,
+        warmup: Duration::ZERO,
+        duration: Duration::from_millis(300),
+        server_pid: Some(std::process::id()),
+        stream_messages: 2,
+    };
+    for scenario in Scenario::ALL {
+        let r = load::run(
+            scenario,
+            std::slice::from_ref(&app.channel),
+            workload.clone(),
+            &opts,
+        )
+        .await;
+        assert!(r.errors.is_empty(), "{}: {:?}", scenario.name(), r.errors);
+        assert!(r.calls > 0, "{} made no calls", scenario.name());
+        let per_call = match scenario {
+            Scenario::ScoreBatch => BATCH_SIZE as u64,
+            Scenario::Track => 20,
+            Scenario::TrackStream => 2 * 100,
+            _ => 1,
+        };
+        assert_eq!(r.units, r.calls * per_call, "{}", scenario.name());
+        assert_eq!(r.latency.len(), r.calls, "{}", scenario.name());
+        assert!(r.server_cpu_per_call_us.is_some_and(|c| c > 0.0));
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn pre_encoded_requests_get_the_same_answers_as_typed_ones() {
+    let app = common::spawn_app().await;
+    let mut workload = Workload::simulated(5, 11, Millis::now());
+    // Inline visitors are not the stored ones: the server does not know them.
+    let (inline_id, events) = workload.visitor(3);
+    let (inline_id, events) = (inline_id.to_string(), events.to_vec());
+    let stored = workload.to_store();
+    let stored_id = stored[3].visitor_id.clone();
+    assert_ne!(inline_id, stored_id);
+    let mut client = app.client.clone();
+    client
+        .track_stream(tokio_stream::iter(stored))
+        .await
+        .unwrap();
+    let known = |id: String| {
+        let mut c = app.client.clone();
+        async move {
+            c.get_visitor(GetVisitorRequest {
+                visitor_id: id,
+                max_events: 0,
+            })
+            .await
+            .is_ok()
+        }
+    };
+    assert!(!known(inline_id.clone()).await);
+    assert!(known(stored_id.clone()).await);
+
+    let mut raw = RawClient::new(app.channel.clone());
+    let typed = |req: ScoreRequest| {
+        let mut c = app.client.clone();
+        async move { c.score(req).await.unwrap().into_inner() }
+    };
+    let inline_req = ScoreRequest {
+        visitor_id: inline_id.clone(),
+        events,
+        ..ScoreRequest::default()
+    };
+    let by_id_req = ScoreRequest {
+        visitor_id: stored_id.clone(),
+        ..ScoreRequest::default()
+    };
+    for (bytes, req) in [
+        (workload.score_inline(3), inline_req),
+        (workload.score_by_id(3), by_id_req),
+    ] {
+        let got = ScoreResponse::decode(
+            raw.unary("/rung.v1.IntentService/Score", bytes)
+                .await
+                .unwrap(),
+        )
+        .unwrap();
+        let want = typed(req).await;
+        // Scored as of "now": the two calls are a few milliseconds apart,
+        // so decay may move the last digits.
+        assert_eq!(got.visitor_id, want.visitor_id);
+        assert!((got.probability - want.probability).abs() < 1e-6);
+        assert!((got.ladder_points - want.ladder_points).abs() < 1e-6);
+        assert_eq!((got.stage, got.rung), (want.stage, want.rung));
+        assert!(got.ladder_points > 0.0, "20 events score some points");
+    }
+    // A refused call comes back as its status, not as bytes.
+    let err = raw
+        .unary("/rung.v1.IntentService/Score", bytes::Bytes::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    app.stop().await;
+}
