@@ -81,8 +81,14 @@ struct BenchArgs {
     in_flight: usize,
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     warmup: std::time::Duration,
+    /// Measured time per scenario (split across the rounds).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: std::time::Duration,
+    /// Run the scenarios round-robin this many times, each for a share of
+    /// the duration, and add the rounds up: a neighbour's burst on a shared
+    /// machine then falls on every scenario alike instead of on one.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
     /// Simulated visitors in the workload (and stored for Score by id).
     #[arg(long, default_value_t = 5000)]
     visitors: usize,
@@ -343,22 +349,30 @@ mod bench {
                 );
             }
             let workload = Arc::new(workload);
+            let rounds = args.rounds.max(1);
             let opts = LoadOptions {
                 connections: channels.len(),
                 in_flight: args.in_flight.max(1),
-                warmup: args.warmup,
-                duration: args.duration,
+                warmup: args.warmup / rounds,
+                duration: args.duration / rounds,
                 server_pid: pid,
                 stream_messages: args.stream_messages.max(1),
             };
-            let mut reports = Vec::new();
-            for s in scenarios {
-                eprintln!("running {} ...", s.name());
-                reports.push(load::run(s, &channels, workload.clone(), &opts).await);
+            let mut reports: Vec<load::Report> = Vec::new();
+            for round in 0..rounds {
+                for (k, &s) in scenarios.iter().enumerate() {
+                    eprintln!("round {}/{rounds}: {} ...", round + 1, s.name());
+                    let r = load::run(s, &channels, workload.clone(), &opts).await;
+                    match reports.get_mut(k) {
+                        Some(total) => total.merge(r),
+                        None => reports.push(r),
+                    }
+                }
             }
             println!(
-                "{} connection(s) x {} in flight, {:?} warm-up, {:?} measured; {}\n",
-                opts.connections, opts.in_flight, opts.warmup, opts.duration, machine
+                "{} connection(s) x {} in flight; per scenario {:?} warm-up and {:?} measured, \
+                 in {rounds} round(s); {}\n",
+                opts.connections, opts.in_flight, args.warmup, args.duration, machine
             );
             print!("{}", load::table(&reports));
             let aims = load::aims(&reports, opts.connections * opts.in_flight);

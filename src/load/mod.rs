@@ -112,6 +112,26 @@ impl Report {
     pub fn quantile_us(&self, q: f64) -> u64 {
         self.latency.value_at_quantile(q)
     }
+
+    /// Adds another run of the same scenario (a later round) to this one.
+    pub fn merge(&mut self, other: Report) {
+        debug_assert_eq!(self.scenario, other.scenario);
+        self.server_cpu_per_call_us =
+            match (self.server_cpu_per_call_us, other.server_cpu_per_call_us) {
+                (Some(a), Some(b)) if self.calls + other.calls > 0 => Some(
+                    (a * self.calls as f64 + b * other.calls as f64)
+                        / (self.calls + other.calls) as f64,
+                ),
+                _ => None,
+            };
+        self.calls += other.calls;
+        self.units += other.units;
+        self.seconds += other.seconds;
+        let _ = self.latency.add(&other.latency);
+        for (k, v) in other.errors {
+            *self.errors.entry(k).or_default() += v;
+        }
+    }
 }
 
 /// Server CPU time so far (user + system), from /proc.
@@ -480,6 +500,26 @@ mod tests {
         assert_eq!(aims.len(), 1, "no CPU figures, no CPU aim");
         assert_eq!(aims[0].aim, "Score p99 ≤ Health's p99 + 50 µs");
         assert_eq!((aims[0].measured.as_str(), aims[0].met), ("+40 µs", true));
+    }
+
+    #[test]
+    fn rounds_merge_into_one_report() {
+        // 100 calls at 10 µs of CPU each, then 300 at 30 µs: 25 µs per call
+        // over the 400, 400 calls in 4 s.
+        let mut a = report(Scenario::Score, 100, &[5, 7], Some(10.0));
+        let mut b = report(Scenario::Score, 300, &[9], Some(30.0));
+        b.errors.insert("Unavailable".into(), 2);
+        a.errors.insert("Unavailable".into(), 1);
+        a.merge(b);
+        assert_eq!((a.calls, a.units), (400, 400));
+        assert_eq!(a.seconds, 4.0);
+        assert_eq!(a.calls_per_sec(), 100.0);
+        assert_eq!(a.server_cpu_per_call_us, Some(25.0));
+        assert_eq!(a.latency.len(), 3);
+        assert_eq!(a.errors["Unavailable"], 3);
+        // A round without a CPU figure leaves the merged figure unknown.
+        a.merge(report(Scenario::Score, 10, &[1], None));
+        assert_eq!(a.server_cpu_per_call_us, None);
     }
 
     #[test]
