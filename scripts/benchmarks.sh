@@ -30,7 +30,7 @@ criterion_medians() {
            name = ""; next
          }
          /^[^ ]/ && !/^(Benchmarking|Found|Gnuplot|store size)/ { name = $0 }
-         /^store size/ { print "\n" $0 "\n" }'
+         /^store size/ { print "\n" $0 "\n\n| bench | median |\n|---|---|" }'
 }
 
 generated() {
