@@ -312,3 +312,50 @@ fn a_data_file_that_is_not_a_store_is_refused_at_start() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn rung_bench_starts_its_own_server_and_reports_every_scenario_next_to_health() {
+    let out = rung()
+        .args([
+            "bench",
+            "--requests",
+            "30",
+            "--warmup",
+            "50ms",
+            "--visitors",
+            "10",
+            "--in-flight",
+            "2",
+            "--rounds",
+            "2",
+            "--scenario",
+            "health",
+            "score",
+            "score-by-id",
+        ])
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("30 calls measured, in 2 round(s)"),
+        "{stdout}"
+    );
+    for name in ["Health/Check", "Score (20 events inline)", "Score by id"] {
+        let row = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no row for {name}:\n{stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        // | name | calls/s | ... | errors |: no call failed.
+        assert_eq!(cells[cells.len() - 2], "0", "{row}");
+    }
+    assert!(
+        stdout.contains("| Score calls/s ≥ 90% of Health's |"),
+        "{stdout}"
+    );
+    // It stored the visitors that Score by id asks for first.
+    assert!(stderr.contains("stored 10 visitors"), "{stderr}");
+}

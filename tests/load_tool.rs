@@ -30,7 +30,8 @@ async fn every_scenario_runs_without_errors_and_counts_its_units() {
         connections: 1,
         in_flight: 2,
         warmup: Duration::ZERO,
-        duration: Duration::from_millis(300),
+        duration: Duration::from_millis(500),
+        requests: None,
         server_pid: Some(std::process::id()),
         stream_messages: 2,
     };
@@ -53,6 +54,38 @@ async fn every_scenario_runs_without_errors_and_counts_its_units() {
         assert_eq!(r.units, r.calls * per_call, "{}", scenario.name());
         assert_eq!(r.latency.len(), r.calls, "{}", scenario.name());
         assert!(r.server_cpu_per_call_us.is_some_and(|c| c > 0.0));
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_count_measures_exactly_that_many_calls() {
+    let app = common::spawn_app().await;
+    let workload = Arc::new(Workload::simulated(10, 3, Millis::now()));
+    for (in_flight, requests) in [(1, 1), (3, 7), (4, 50)] {
+        let opts = LoadOptions {
+            connections: 1,
+            in_flight,
+            warmup: Duration::from_millis(50),
+            // Would end long before the count if it applied.
+            duration: Duration::ZERO,
+            requests: Some(requests),
+            server_pid: None,
+            stream_messages: 1,
+        };
+        for scenario in [Scenario::Health, Scenario::Score, Scenario::ScoreBatch] {
+            let r = load::run(
+                scenario,
+                std::slice::from_ref(&app.channel),
+                workload.clone(),
+                &opts,
+            )
+            .await;
+            let failed: u64 = r.errors.values().sum();
+            assert_eq!(failed, 0, "{:?}", r.errors);
+            assert_eq!(r.calls, requests, "{} × {in_flight}", scenario.name());
+            assert_eq!(r.latency.len(), requests);
+        }
     }
     app.stop().await;
 }

@@ -80,7 +80,11 @@ pub struct LoadOptions {
     pub connections: usize,
     pub in_flight: usize,
     pub warmup: Duration,
+    /// How long to measure, unless `requests` is set.
     pub duration: Duration,
+    /// Measure exactly this many calls (after the warm-up) instead of for
+    /// `duration`; failed calls count.
+    pub requests: Option<u64>,
     /// The server process, for CPU time per call.
     pub server_pid: Option<u32>,
     /// Messages per TrackStream call.
@@ -134,6 +138,10 @@ impl Report {
     }
 }
 
+/// /proc counts CPU time in ticks of 10 ms: below this much server CPU in a
+/// run, the per-call figure would be mostly rounding, so none is given.
+pub const MIN_CPU_SAMPLE: Duration = Duration::from_millis(100);
+
 /// Server CPU time so far (user + system), from /proc.
 pub fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -160,12 +168,17 @@ pub async fn run(
     let end = measure_from + opts.duration;
     let mut tasks = Vec::new();
     let cpu_before = Arc::new(tokio::sync::OnceCell::new());
+    // Calls still to be measured, when counting calls instead of time.
+    let budget = Arc::new(std::sync::atomic::AtomicU64::new(
+        opts.requests.unwrap_or(0),
+    ));
     for (c, channel) in channels.iter().enumerate() {
         for f in 0..opts.in_flight {
             let channel = channel.clone();
             let workload = workload.clone();
             let opts = opts.clone();
             let cpu_before = cpu_before.clone();
+            let budget = budget.clone();
             let seed = (c * opts.in_flight + f) as u64;
             tasks.push(tokio::spawn(async move {
                 let mut caller = Caller::new(channel, workload, seed, opts.stream_messages);
@@ -174,8 +187,19 @@ pub async fn run(
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
                 loop {
                     let t0 = Instant::now();
-                    if t0 >= end {
-                        break;
+                    match opts.requests {
+                        None if t0 >= end => break,
+                        Some(_) if t0 >= measure_from => {
+                            let claimed = budget.fetch_update(
+                                std::sync::atomic::Ordering::Relaxed,
+                                std::sync::atomic::Ordering::Relaxed,
+                                |left| left.checked_sub(1),
+                            );
+                            if claimed.is_err() {
+                                break;
+                            }
+                        }
+                        _ => {}
                     }
                     let result = caller.call(scenario).await;
                     let t1 = Instant::now();
@@ -222,9 +246,10 @@ pub async fn run(
     }
     let seconds = (Instant::now() - measure_from).as_secs_f64().max(1e-9);
     let server_cpu_per_call_us = match (opts.server_pid, cpu_before.get().copied().flatten()) {
-        (Some(pid), Some(before)) => {
-            process_cpu(pid).map(|after| (after - before).as_secs_f64() * 1e6 / calls.max(1) as f64)
-        }
+        (Some(pid), Some(before)) => process_cpu(pid)
+            .map(|after| after.saturating_sub(before))
+            .filter(|spent| *spent >= MIN_CPU_SAMPLE)
+            .map(|spent| spent.as_secs_f64() * 1e6 / calls.max(1) as f64),
         _ => None,
     };
     Report {
