@@ -149,20 +149,10 @@ fn handler(c: &mut Criterion) {
 
     let data = tempfile::tempdir().unwrap();
     let api = rung::grpc::IntentApi::new(Arc::new(engine(data.path())));
+    // The very bytes the load tool sends.
     let workload = rung::load::Workload::simulated(100, 42, Millis::now());
-    let request = |i: usize| {
-        let (id, events) = workload.visitor(i);
-        ScoreRequest {
-            visitor_id: id.to_string(),
-            events: events.to_vec(),
-            ..ScoreRequest::default()
-        }
-    };
-    let one = request(0).encode_to_vec();
-    let batch = ScoreBatchRequest {
-        visitors: (0..100).map(request).collect(),
-    }
-    .encode_to_vec();
+    let one = workload.score_inline(0);
+    let batch = workload.score_batch(0);
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();

@@ -1,5 +1,5 @@
 //! `rung bench`: sets up the server and the workload, runs the scenarios
-//! in one go and prints the table.
+//! round-robin for the given rounds and prints the table and the aims.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -112,7 +112,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("connecting to {addr}"))?,
             );
         }
-        let mut workload = Workload::simulated(args.visitors.max(1), 42, Millis::now());
+        let workload = Workload::simulated(args.visitors.max(1), 42, Millis::now());
         let scenarios = if args.scenario.is_empty() {
             Scenario::ALL.to_vec()
         } else {

@@ -7,12 +7,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use rung::config::{LogFormat, Settings};
+use rung::startup::Application;
 
 /// Measured against glibc's malloc in BENCHMARKS.md.
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use rung::startup::Application;
 
 #[derive(Parser)]
 #[command(

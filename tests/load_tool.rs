@@ -12,10 +12,26 @@ use rung::domain::Millis;
 use rung::grpc::proto::{GetVisitorRequest, ScoreRequest, ScoreResponse};
 use rung::load::{self, LoadOptions, RawClient, Scenario, Workload, BATCH_SIZE};
 
+/// One scenario against the test server, with the workload it needs.
+async fn run(
+    app: &common::TestApp,
+    scenario: Scenario,
+    workload: &Arc<Workload>,
+    opts: &LoadOptions,
+) -> load::Report {
+    load::run(
+        scenario,
+        std::slice::from_ref(&app.channel),
+        workload.clone(),
+        opts,
+    )
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_scenario_runs_without_errors_and_counts_its_units() {
     let app = common::spawn_app().await;
-    let mut workload = Workload::simulated(50, 7, Millis::now());
+    let workload = Workload::simulated(50, 7, Millis::now());
     let stored = workload.to_store();
     let summary = app
         .client
@@ -36,13 +52,7 @@ async fn every_scenario_runs_without_errors_and_counts_its_units() {
         stream_messages: 2,
     };
     for scenario in Scenario::ALL {
-        let r = load::run(
-            scenario,
-            std::slice::from_ref(&app.channel),
-            workload.clone(),
-            &opts,
-        )
-        .await;
+        let r = run(&app, scenario, &workload, &opts).await;
         assert!(r.errors.is_empty(), "{}: {:?}", scenario.name(), r.errors);
         assert!(r.calls > 0, "{} made no calls", scenario.name());
         let per_call = match scenario {
@@ -74,13 +84,7 @@ async fn a_request_count_measures_exactly_that_many_calls() {
             stream_messages: 1,
         };
         for scenario in [Scenario::Health, Scenario::Score, Scenario::ScoreBatch] {
-            let r = load::run(
-                scenario,
-                std::slice::from_ref(&app.channel),
-                workload.clone(),
-                &opts,
-            )
-            .await;
+            let r = run(&app, scenario, &workload, &opts).await;
             let failed: u64 = r.errors.values().sum();
             assert_eq!(failed, 0, "{:?}", r.errors);
             assert_eq!(r.calls, requests, "{} × {in_flight}", scenario.name());
@@ -93,7 +97,7 @@ async fn a_request_count_measures_exactly_that_many_calls() {
 #[tokio::test]
 async fn pre_encoded_requests_get_the_same_answers_as_typed_ones() {
     let app = common::spawn_app().await;
-    let mut workload = Workload::simulated(5, 11, Millis::now());
+    let workload = Workload::simulated(5, 11, Millis::now());
     // Inline visitors are not the stored ones: the server does not know them.
     let (inline_id, events) = workload.visitor(3);
     let (inline_id, events) = (inline_id.to_string(), events.to_vec());

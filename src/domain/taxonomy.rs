@@ -4,10 +4,9 @@
 //! holds a taxonomy that makes sense.
 
 use std::collections::HashMap;
-
-use foldhash::fast::FixedState;
 use std::fmt;
 
+use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

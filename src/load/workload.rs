@@ -11,10 +11,8 @@ use crate::simulator::{simulate, SimConfig};
 pub struct Workload {
     /// Visitors of exactly `EVENTS_PER_VISITOR` events.
     visitors: Vec<(String, Vec<Event>)>,
-    /// Visitors the server has stored (for Score by id).
-    stored: Vec<String>,
     /// Requests encoded once: Score with each visitor inline, Score by id
-    /// of each stored visitor, and ScoreBatch calls.
+    /// of each visitor's stored copy, and ScoreBatch calls.
     score_inline: Vec<Bytes>,
     score_by_id: Vec<Bytes>,
     batches: Vec<Bytes>,
@@ -87,11 +85,18 @@ impl Workload {
                 encode(&ScoreBatchRequest { visitors })
             })
             .collect();
+        let score_by_id = (0..visitors.len())
+            .map(|n| {
+                encode(&ScoreRequest {
+                    visitor_id: stored_id(n),
+                    ..ScoreRequest::default()
+                })
+            })
+            .collect();
         Workload {
             visitors,
-            stored: Vec::new(),
             score_inline,
-            score_by_id: Vec::new(),
+            score_by_id,
             batches,
         }
     }
@@ -101,16 +106,10 @@ impl Workload {
         self.score_inline[i % self.score_inline.len()].clone()
     }
 
-    /// An encoded Score request for a stored visitor (an inline visitor's
-    /// id, unknown to the server, until [`Workload::to_store`]).
+    /// An encoded Score request by id for visitor `i`'s stored copy (an
+    /// unknown visitor until the [`Workload::to_store`] messages are sent).
     pub fn score_by_id(&self, i: usize) -> Bytes {
-        match self.score_by_id.len() {
-            0 => encode(&ScoreRequest {
-                visitor_id: self.visitors[i % self.visitors.len()].0.clone(),
-                ..ScoreRequest::default()
-            }),
-            n => self.score_by_id[i % n].clone(),
-        }
+        self.score_by_id[i % self.score_by_id.len()].clone()
     }
 
     /// An encoded ScoreBatch request of `BATCH_SIZE` inline visitors.
@@ -124,28 +123,15 @@ impl Workload {
     }
 
     /// The visitors as Track messages, for loading the server before
-    /// Score-by-id runs; remembers their ids. They are stored under ids of
-    /// their own (`stored-…`), so the visitors sent inline stay unknown to
-    /// the server, as they are for a caller that keeps its own state.
-    pub fn to_store(&mut self) -> Vec<TrackRequest> {
-        self.stored = (0..self.visitors.len())
-            .map(|n| format!("stored-{n}"))
-            .collect();
-        self.score_by_id = self
-            .stored
+    /// Score-by-id runs. They are stored under ids of their own (`stored-…`),
+    /// so the visitors sent inline stay unknown to the server, as they are
+    /// for a caller that keeps its own state.
+    pub fn to_store(&self) -> Vec<TrackRequest> {
+        self.visitors
             .iter()
-            .map(|id| {
-                encode(&ScoreRequest {
-                    visitor_id: id.clone(),
-                    ..ScoreRequest::default()
-                })
-            })
-            .collect();
-        self.stored
-            .iter()
-            .zip(&self.visitors)
-            .map(|(id, (_, events))| TrackRequest {
-                visitor_id: id.clone(),
+            .enumerate()
+            .map(|(n, (_, events))| TrackRequest {
+                visitor_id: stored_id(n),
                 events: events.clone(),
             })
             .collect()
@@ -166,6 +152,11 @@ impl Workload {
             events,
         }
     }
+}
+
+/// The id visitor `n`'s stored copy has.
+fn stored_id(n: usize) -> String {
+    format!("stored-{n}")
 }
 
 fn inline(id: &str, events: &[Event]) -> ScoreRequest {

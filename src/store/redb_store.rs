@@ -228,33 +228,40 @@ fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
     })
 }
 
-impl Store for RedbStore {
-    fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
+impl RedbStore {
+    /// The visitors table in a fresh read transaction: one snapshot.
+    fn visitors_table(
+        &self,
+    ) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        txn.open_table(VISITORS).map_err(unavailable)
+    }
+
+    fn read_record(
+        &self,
+        table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        visitor: &VisitorId,
+    ) -> Result<Option<VisitorRecord>, StoreError> {
         let Some(value) = table.get(visitor.as_str()).map_err(unavailable)? else {
             return Ok(None);
         };
         decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
     }
+}
+
+impl Store for RedbStore {
+    fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
+        self.read_record(&self.visitors_table()?, visitor)
+    }
 
     fn load_many(&self, visitors: &[&VisitorId]) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
-        let table = self
-            .db
-            .begin_read()
-            .map_err(unavailable)
-            .and_then(|txn| txn.open_table(VISITORS).map_err(unavailable));
-        let table = match table {
-            Ok(t) => t,
-            Err(e) => return visitors.iter().map(|_| Err(e.clone())).collect(),
-        };
-        visitors
-            .iter()
-            .map(|v| match table.get(v.as_str()).map_err(unavailable)? {
-                Some(value) => decode_record(v.as_str(), value.value(), &self.taxonomy).map(Some),
-                None => Ok(None),
-            })
-            .collect()
+        match self.visitors_table() {
+            Ok(table) => visitors
+                .iter()
+                .map(|v| self.read_record(&table, v))
+                .collect(),
+            Err(e) => visitors.iter().map(|_| Err(e.clone())).collect(),
+        }
     }
 
     fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {
