@@ -141,6 +141,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             duration: args.duration / rounds,
             requests: args.requests.map(|n| n.div_ceil(u64::from(rounds)).max(1)),
             server_pid: pid,
+            min_cpu_sample: load::MIN_CPU_SAMPLE,
             stream_messages: args.stream_messages.max(1),
         };
         let mut reports: Vec<load::Report> = Vec::new();

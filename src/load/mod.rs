@@ -87,6 +87,9 @@ pub struct LoadOptions {
     pub requests: Option<u64>,
     /// The server process, for CPU time per call.
     pub server_pid: Option<u32>,
+    /// Below this much server CPU in a run no per-call figure is given
+    /// (normally [`MIN_CPU_SAMPLE`]).
+    pub min_cpu_sample: Duration,
     /// Messages per TrackStream call.
     pub stream_messages: usize,
 }
@@ -139,7 +142,8 @@ impl Report {
 }
 
 /// /proc counts CPU time in ticks of 10 ms: below this much server CPU in a
-/// run, the per-call figure would be mostly rounding, so none is given.
+/// run, the per-call figure would be mostly rounding, so `rung bench` gives
+/// none.
 pub const MIN_CPU_SAMPLE: Duration = Duration::from_millis(100);
 
 /// Server CPU time so far (user + system), from /proc.
@@ -248,7 +252,7 @@ pub async fn run(
     let server_cpu_per_call_us = match (opts.server_pid, cpu_before.get().copied().flatten()) {
         (Some(pid), Some(before)) => process_cpu(pid)
             .map(|after| after.saturating_sub(before))
-            .filter(|spent| *spent >= MIN_CPU_SAMPLE)
+            .filter(|spent| *spent >= opts.min_cpu_sample)
             .map(|spent| spent.as_secs_f64() * 1e6 / calls.max(1) as f64),
         _ => None,
     };
