@@ -10,12 +10,13 @@ use std::time::{Duration, Instant};
 
 use rung::audience::definition::builtins;
 use rung::config::Settings;
+use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
 use rung::grpc::proto::audience_service_client::AudienceServiceClient;
 use rung::grpc::proto::{CountSegmentRequest, ExportSegmentRequest, FunnelRequest};
 use rung::simulator::{simulate, SimConfig};
 use rung::startup::Application;
-use rung::store::{settle, NewEvent, RedbStore, Store, StoreLimits, WriteOp};
+use rung::store::{settle, RedbStore, Store, StoreLimits, WriteOp};
 
 const DAYS: f64 = 60.0;
 const BATCH: usize = 50_000;

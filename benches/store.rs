@@ -5,8 +5,9 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
-use rung::store::{settle, NewEvent, RedbStore, Store, StoreLimits, WriteOp};
+use rung::store::{settle, RedbStore, Store, StoreLimits, WriteOp};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {

@@ -11,6 +11,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::scoring::Bands;
+
 /// The model path used when none is configured.
 pub const DEFAULT_MODEL_PATH: &str = "models/default.json";
 
@@ -83,15 +85,6 @@ pub struct ScoringSettings {
     pub ignore_unknown_types: bool,
 }
 
-/// Probability thresholds for the bands: below `medium` is low, at or above
-/// `high` is high.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Bands {
-    pub medium: f64,
-    pub high: f64,
-}
-
 /// What one request may carry. Each bound keeps a single call's cost and
 /// memory predictable.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,16 +125,6 @@ impl Default for ScoringSettings {
         ScoringSettings {
             max_reasons: 5,
             ignore_unknown_types: false,
-        }
-    }
-}
-
-impl Default for Bands {
-    fn default() -> Self {
-        // Purchases are a few percent of visits: a one-in-four chance is high.
-        Bands {
-            medium: 0.05,
-            high: 0.25,
         }
     }
 }

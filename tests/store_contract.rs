@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
+use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
-use rung::store::{settle, NewEvent, Outcome, Store, StoreLimits, WriteOp};
+use rung::store::{settle, Outcome, Store, StoreLimits, WriteOp};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {

@@ -9,15 +9,17 @@
 use serde_json::{Map, Value};
 
 use crate::domain::{Millis, Stage, Taxonomy, TypeId};
-use crate::engine::Band;
+use crate::scoring::Band;
 
-use super::evaluate::NodeId;
 use super::text;
 
 /// Longest definition accepted, in bytes.
 pub const MAX_LEN: usize = 16 * 1024;
 /// Deepest nesting of clauses accepted.
 pub const MAX_DEPTH: usize = 32;
+
+/// Index of a clause in its definition ([`Definition::node`]).
+pub type NodeId = u32;
 
 /// What the store can answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,12 +4,9 @@
 //! needed.
 
 use crate::domain::{Millis, Stage, TypeId};
-use crate::engine::Band;
+use crate::scoring::Band;
 
-use super::definition::{Clause, Definition, Node, Recency};
-
-/// Index of a clause in its definition ([`Definition::node`]).
-pub type NodeId = u32;
+use super::definition::{Clause, Definition, Node, NodeId, Recency};
 
 /// The model's and the ladder's view of a visitor.
 #[derive(Debug, Clone, Copy, PartialEq)]

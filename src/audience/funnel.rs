@@ -10,7 +10,7 @@
 
 use crate::domain::{Millis, Stage, Taxonomy};
 use crate::scoring::Aggregate;
-use crate::store::Timeline;
+use crate::scoring::Timeline;
 
 /// Half-open: `from` ≤ t < `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

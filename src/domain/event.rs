@@ -4,6 +4,8 @@
 
 use std::hash::{Hash, Hasher};
 
+use serde::{Deserialize, Serialize};
+
 use super::{Millis, TypeId};
 
 /// A hash of an item id: distinct-item features only need equality, and a
@@ -68,4 +70,28 @@ pub fn sort_by_time(events: &mut [Event]) {
     if !events.is_sorted_by_key(|e| e.at) {
         events.sort_by_key(|e| e.at);
     }
+}
+
+/// An event to be stored, as the edge validated it: what scoring needs
+/// and the raw fields GetVisitor and exports show.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub event: Event,
+    pub event_id: String,
+    pub item_id: String,
+    pub attributes: Vec<(String, String)>,
+}
+
+/// A raw event as a store keeps it (the ring of recent events).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoredEvent {
+    /// Arrival order for this visitor.
+    pub seq: u64,
+    /// The taxonomy's name for the type (aliases resolved).
+    pub kind: String,
+    pub at: Millis,
+    pub item_id: String,
+    pub value: f64,
+    pub event_id: String,
+    pub attributes: Vec<(String, String)>,
 }

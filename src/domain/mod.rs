@@ -6,7 +6,7 @@ pub mod taxonomy;
 pub mod time;
 pub mod visitor;
 
-pub use event::{Event, ItemKey};
+pub use event::{Event, ItemKey, NewEvent, StoredEvent};
 pub use taxonomy::{EventType, Stage, Taxonomy, TaxonomyError, TypeId};
 pub use time::Millis;
 pub use visitor::VisitorId;

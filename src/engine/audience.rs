@@ -7,15 +7,15 @@
 //! are skipped on their record header alone; the rest are decoded and
 //! evaluated on all cores.
 
-use crate::audience::definition::{builtins, Definition, DefinitionError, LanguageLimits};
-use crate::audience::evaluate::{evaluate, NodeId, Scored, Subject};
+use crate::audience::definition::{builtins, Definition, DefinitionError, LanguageLimits, NodeId};
+use crate::audience::evaluate::{evaluate, Scored, Subject};
 use crate::audience::funnel::{FunnelReport, FunnelTally, TimeRange};
 use crate::domain::event::{sort_by_time, stable_hash};
 use crate::domain::{Event, Millis, Stage, TypeId};
-use crate::scoring::{Aggregate, Model};
-use crate::store::{self, record, timeline, Outcome, RecordView, SavedSegment, Timeline, WriteOp};
+use crate::scoring::{timeline, Aggregate, Band, Model, Timeline};
+use crate::store::{self, record, Outcome, RecordView, SavedSegment, WriteOp};
 
-use super::{Band, Engine, EngineError};
+use super::{Engine, EngineError};
 
 /// Visitors decoded per chunk.
 const CHUNK: usize = 8192;

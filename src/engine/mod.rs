@@ -13,11 +13,9 @@ use std::sync::Arc;
 use crate::config::{Bands, Limits, ScoringSettings};
 use crate::deploy::{DeployError, Deployed, ModelSlot, ModelState, ModelWatch, Polled, Swap};
 use crate::domain::event::sort_by_time;
-use crate::domain::{Event, Millis, Stage, Taxonomy, VisitorId};
-use crate::scoring::{self, Ladder, Model, Observation};
-use crate::store::{
-    self, NewEvent, Outcome, Store, StoreError, StoredEvent, Ticket, VisitorRecord, WriteOp,
-};
+use crate::domain::{Event, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
+use crate::scoring::{self, Band, Ladder, Model, Observation};
+use crate::store::{self, Outcome, Store, StoreError, Ticket, VisitorRecord, WriteOp};
 
 /// A validated request to score one visitor.
 #[derive(Debug, Clone)]
@@ -40,13 +38,6 @@ pub struct TrackQuery {
     pub visitor: VisitorId,
     pub events: Vec<NewEvent>,
     pub ignored_unknown_type: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Band {
-    Low,
-    Medium,
-    High,
 }
 
 /// A feature's value and its share of the log-odds.
@@ -419,13 +410,7 @@ impl Engine {
     }
 
     fn band(&self, p: f64) -> Band {
-        if p >= self.bands.high {
-            Band::High
-        } else if p >= self.bands.medium {
-            Band::Medium
-        } else {
-            Band::Low
-        }
+        self.bands.of(p)
     }
 }
 

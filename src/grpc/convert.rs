@@ -6,10 +6,10 @@ use std::path::PathBuf;
 use crate::config::{Limits, MAX_REASONS};
 use crate::deploy::{ModelState, Swap};
 use crate::domain::event::stable_hash;
-use crate::domain::{Event, ItemKey, Millis, Stage, Taxonomy, VisitorId};
-use crate::engine::{Band, Profile, Reason, Score, ScoreQuery, TrackQuery};
+use crate::domain::{Event, ItemKey, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
+use crate::engine::{Profile, Reason, Score, ScoreQuery, TrackQuery};
 use crate::scoring::model::Figures;
-use crate::store::{NewEvent, StoredEvent};
+use crate::scoring::Band;
 
 use super::proto;
 use super::status::FieldError;

@@ -3,11 +3,15 @@
 //! ([`model`]). No I/O, no clocks: everything takes `as_of` explicitly.
 
 pub mod aggregate;
+pub mod band;
 pub mod features;
 pub mod ladder;
 pub mod model;
+pub mod timeline;
 
 pub use aggregate::Aggregate;
+pub use band::{Band, Bands};
 pub use features::{feature_names, observe, Observation};
 pub use ladder::Ladder;
 pub use model::{Model, ModelArtifact, ModelError, Prediction};
+pub use timeline::Timeline;

@@ -5,18 +5,16 @@
 
 pub mod record;
 pub mod redb_store;
-pub mod timeline;
 
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-use crate::domain::{Millis, VisitorId};
+use crate::domain::{Millis, NewEvent, StoredEvent, VisitorId};
 
-pub use record::{NewEvent, RecordView, StoredEvent, VisitorRecord};
+pub use record::{RecordView, VisitorRecord};
 pub use redb_store::RedbStore;
-pub use timeline::Timeline;
 
 /// Backend-neutral store failures.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -7,35 +7,11 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::event::stable_hash;
-use crate::domain::{Event, Millis, Taxonomy};
+use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy};
 use crate::scoring::Aggregate;
 
-use super::timeline::Timeline;
 use super::StoreError;
-
-/// An event on its way into the store: what scoring needs and what
-/// GetVisitor and exports show.
-#[derive(Debug, Clone, PartialEq)]
-pub struct NewEvent {
-    pub event: Event,
-    pub event_id: String,
-    pub item_id: String,
-    pub attributes: Vec<(String, String)>,
-}
-
-/// A kept raw event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StoredEvent {
-    /// Arrival order for this visitor.
-    pub seq: u64,
-    /// The taxonomy's name for the type (aliases resolved).
-    pub kind: String,
-    pub at: Millis,
-    pub item_id: String,
-    pub value: f64,
-    pub event_id: String,
-    pub attributes: Vec<(String, String)>,
-}
+use crate::scoring::Timeline;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VisitorRecord {

@@ -27,11 +27,12 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use tokio::sync::oneshot;
 
 use crate::domain::{Millis, Taxonomy, VisitorId};
+use crate::scoring::Timeline;
 
 use super::record::{decode as decode_record, encode as encode_record, last_seen};
 use super::{
     Outcome, SavedSegment, ScanChunk, Store, StoreError, StoreLimits, StoredEvent, Ticket,
-    Timeline, VisitorRecord, WriteOp,
+    VisitorRecord, WriteOp,
 };
 
 const VISITORS: TableDefinition<&str, &[u8]> = TableDefinition::new("visitors");
