@@ -16,7 +16,7 @@ use rung::grpc::proto::audience_service_client::AudienceServiceClient;
 use rung::grpc::proto::{CountSegmentRequest, ExportSegmentRequest, FunnelRequest};
 use rung::simulator::{simulate, SimConfig};
 use rung::startup::Application;
-use rung::store::{settle, RedbStore, Store, StoreLimits, WriteOp};
+use rung::store::{RedbStore, Store, StoreLimits};
 
 const DAYS: f64 = 60.0;
 const BATCH: usize = 50_000;
@@ -65,14 +65,14 @@ fn fill(dir: &std::path::Path, visitors: usize, now: Millis) -> (usize, Duration
                     })
                     .collect();
                 events += new.len();
-                tickets.push(store.submit(WriteOp::Track {
-                    visitor: VisitorId::parse(format!("v{:08}", first + i), 256).unwrap(),
-                    events: new,
-                    want_record: false,
-                }));
+                tickets.push(store.track(
+                    VisitorId::parse(format!("v{:08}", first + i), 256).unwrap(),
+                    new,
+                    false,
+                ));
             }
             for ticket in tickets {
-                settle(ticket).await.unwrap();
+                ticket.await.unwrap();
             }
         });
     }

@@ -117,6 +117,11 @@ fn engine_score(c: &mut Criterion) {
     let engine = engine(data.path());
     let taxonomy = engine.taxonomy().clone();
     let now = Millis::from_unix_millis(AS_OF);
+    // The engine is async (a store may be remote); redb answers at once, so
+    // a current-thread block_on adds only the future's own polling.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("engine.score (store lookup, sort, reasons, result)");
     for n in [10, 50, 500] {
         let query = ScoreQuery {
@@ -130,7 +135,7 @@ fn engine_score(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::from_parameter(n), &query, |b, q| {
             b.iter_batched(
                 || q.clone(),
-                |q| black_box(engine.score(q, now).unwrap()),
+                |q| black_box(rt.block_on(engine.score(q, now)).unwrap()),
                 BatchSize::SmallInput,
             )
         });

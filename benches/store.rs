@@ -7,7 +7,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
-use rung::store::{settle, RedbStore, Store, StoreLimits, WriteOp};
+use rung::store::{RedbStore, Store, StoreLimits};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {
@@ -53,16 +53,10 @@ fn fill(rt: &tokio::runtime::Runtime, visitors: usize, per_visitor: usize) -> u6
             for chunk in (0..visitors).collect::<Vec<_>>().chunks(1000) {
                 let tickets: Vec<_> = chunk
                     .iter()
-                    .map(|&v| {
-                        store.submit(WriteOp::Track {
-                            visitor: id(v),
-                            events: events(&t, v, per_visitor),
-                            want_record: false,
-                        })
-                    })
+                    .map(|&v| store.track(id(v), events(&t, v, per_visitor), false))
                     .collect();
                 for ticket in tickets {
-                    settle(ticket).await.unwrap();
+                    ticket.await.unwrap();
                 }
             }
         });
@@ -97,20 +91,20 @@ fn operations(c: &mut Criterion) {
     let store = RedbStore::open(dir.path(), t.clone(), LIMITS).unwrap();
     rt.block_on(async {
         for v in 0..1000 {
-            let op = WriteOp::Track {
-                visitor: id(v),
-                events: events(&t, v, 20),
-                want_record: false,
-            };
-            settle(store.submit(op)).await.unwrap();
+            let op = store.track(id(v), events(&t, v, 20), false);
+            op.await.unwrap();
         }
     });
+    // Reads complete at once in redb; a current-thread block_on only polls.
+    let ct = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("store");
     group.bench_function("load a 20-event visitor", |b| {
         let mut v = 0;
         b.iter(|| {
             v = (v + 1) % 1000;
-            black_box(store.load(&id(v)).unwrap())
+            black_box(ct.block_on(store.load(&id(v))).unwrap())
         })
     });
     group.bench_function("load + score a stored visitor", |b| {
@@ -118,7 +112,7 @@ fn operations(c: &mut Criterion) {
         let as_of = Millis::from_unix_millis(T0 + 86_400_000);
         b.iter(|| {
             v = (v + 1) % 1000;
-            let record = store.load(&id(v)).unwrap().unwrap();
+            let record = ct.block_on(store.load(&id(v))).unwrap().unwrap();
             black_box(record.aggregate.observe(&t, as_of))
         })
     });
@@ -126,12 +120,8 @@ fn operations(c: &mut Criterion) {
         let mut v = 10_000;
         b.iter(|| {
             v += 1;
-            let op = WriteOp::Track {
-                visitor: id(v),
-                events: events(&t, v, 20),
-                want_record: false,
-            };
-            rt.block_on(settle(store.submit(op))).unwrap()
+            let op = store.track(id(v), events(&t, v, 20), false);
+            rt.block_on(op).unwrap()
         })
     });
     group.sample_size(10);
@@ -141,16 +131,12 @@ fn operations(c: &mut Criterion) {
             let tickets: Vec<_> = (0..1000)
                 .map(|_| {
                     v += 1;
-                    store.submit(WriteOp::Track {
-                        visitor: id(v),
-                        events: events(&t, v, 20),
-                        want_record: false,
-                    })
+                    store.track(id(v), events(&t, v, 20), false)
                 })
                 .collect();
             rt.block_on(async {
                 for ticket in tickets {
-                    settle(ticket).await.unwrap();
+                    ticket.await.unwrap();
                 }
             })
         })

@@ -9,7 +9,11 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 
 use rung::config::Settings;
+use std::sync::Arc;
+
 use rung::domain::Millis;
+use rung::engine::audience::ExportQuery;
+use rung::engine::Engine;
 use rung::grpc::proto::audience_service_client::AudienceServiceClient;
 use rung::grpc::proto::{self, CountSegmentRequest, ExportSegmentRequest};
 
@@ -139,7 +143,7 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
                 (Some(addr), _) => {
                     runtime.block_on(export_remote(&endpoint(addr), &args.source, &mut w))?
                 }
-                (None, Some(dir)) => export_local(dir, &args.source, &mut w)?,
+                (None, Some(dir)) => runtime.block_on(export_local(dir, &args.source, &mut w))?,
                 (None, None) => {
                     bail!("give --addr (a running server) or --data-dir (a stopped one)")
                 }
@@ -164,12 +168,12 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
                         .map_err(|s| anyhow::anyhow!("{}: {}", code(&s), s.message()))?;
                     anyhow::Ok(r.into_inner().count)
                 })?,
-                (None, Some(dir)) => {
-                    let engine = local_engine(dir, &source)?;
-                    let def = engine.named_definition(&source.name)?;
+                (None, Some(dir)) => runtime.block_on(async {
+                    let engine = local_engine(dir, &source).await?;
+                    let def = engine.named_definition(&source.name).await?;
                     let at = as_of(source.as_of.as_deref())?.unwrap_or_else(Millis::now);
-                    engine.count_segment(&def, at)?.count
-                }
+                    anyhow::Ok(engine.count_segment(Arc::new(def), at).await?.count)
+                })?,
                 (None, None) => {
                     bail!("give --addr (a running server) or --data-dir (a stopped one)")
                 }
@@ -273,27 +277,37 @@ async fn export_remote(addr: &str, src: &SourceArgs, w: &mut Writer) -> anyhow::
     }
 }
 
-fn local_engine(dir: &std::path::Path, src: &SourceArgs) -> anyhow::Result<rung::engine::Engine> {
+async fn local_engine(dir: &std::path::Path, src: &SourceArgs) -> anyhow::Result<Arc<Engine>> {
     let mut settings = Settings::load(src.config.as_deref()).context("loading settings")?;
     settings.data_dir = dir.to_path_buf();
-    rung::startup::build_engine(&settings).with_context(|| {
-        format!(
-            "opening {} (if a server is running on it, use --addr instead)",
-            dir.display()
-        )
-    })
+    let engine = rung::startup::build_engine(&settings)
+        .await
+        .with_context(|| {
+            format!(
+                "opening {} (if a server is running on it, use --addr instead)",
+                dir.display()
+            )
+        })?;
+    Ok(Arc::new(engine))
 }
 
-fn export_local(dir: &std::path::Path, src: &SourceArgs, w: &mut Writer) -> anyhow::Result<u64> {
-    let engine = local_engine(dir, src)?;
-    let def = engine.named_definition(&src.name)?;
+async fn export_local(
+    dir: &std::path::Path,
+    src: &SourceArgs,
+    w: &mut Writer,
+) -> anyhow::Result<u64> {
+    let engine = local_engine(dir, src).await?;
+    let definition = Arc::new(engine.named_definition(&src.name).await?);
     let at = as_of(src.as_of.as_deref())?.unwrap_or_else(Millis::now);
-    let mut after: Option<String> = None;
+    let mut members = engine.export(ExportQuery {
+        definition,
+        name: Some(src.name.clone()),
+        as_of: at,
+        after: None,
+    });
     let mut written = 0u64;
-    loop {
-        let chunk = engine.export_chunk(&def, at, after.as_deref())?;
-        for m in chunk.members {
-            let (path, clause) = def.node(m.matched);
+    while let Some(chunk) = members.recv().await {
+        for m in chunk? {
             w.row(&Row {
                 visitor_id: m.visitor,
                 probability: m.probability,
@@ -302,14 +316,11 @@ fn export_local(dir: &std::path::Path, src: &SourceArgs, w: &mut Writer) -> anyh
                 stage: m.stage.name().to_string(),
                 rung: m.rung.unwrap_or_default(),
                 last_seen: m.last_seen.map(Millis::to_rfc3339).unwrap_or_default(),
-                matched_path: path.to_string(),
-                matched_clause: clause.to_string(),
+                matched_path: m.matched_path,
+                matched_clause: m.matched_clause,
             })?;
             written += 1;
         }
-        if chunk.done {
-            return Ok(written);
-        }
-        after = chunk.last_key;
     }
+    Ok(written)
 }

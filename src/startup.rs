@@ -65,7 +65,7 @@ pub fn load_model(path: &Path, taxonomy: &Taxonomy) -> Result<Model, StartupErro
 
 /// The engine the settings describe, over the embedded store in
 /// `settings.data_dir`.
-pub fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
+pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
     let taxonomy = Arc::new(load_taxonomy(settings.taxonomy.as_deref())?);
     let model = deploy::load(&settings.model, &taxonomy)?;
     tracing::info!(
@@ -149,7 +149,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
-        let engine = Arc::new(build_engine(settings)?);
+        let engine = Arc::new(build_engine(settings).await?);
         let bind_err = |source| StartupError::Bind {
             addr: settings.listen,
             source,

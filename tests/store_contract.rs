@@ -1,11 +1,14 @@
 //! The contract every store backend must meet, written once and run against
-//! each backend by `store_contract!`.
+//! each backend by `store_contract!`: the embedded redb store, one Redis,
+//! and a three-node Redis Cluster.
 
+mod common;
+
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use rung::domain::NewEvent;
-use rung::domain::{Event, Millis, Taxonomy, VisitorId};
-use rung::store::{settle, Outcome, Store, StoreLimits, WriteOp};
+use rung::domain::{Event, Millis, NewEvent, Taxonomy, VisitorId};
+use rung::store::{record, SavedSegment, SegmentWrite, Store, StoreLimits};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {
@@ -18,12 +21,13 @@ fn visitor(id: &str) -> VisitorId {
     VisitorId::parse(id.into(), 256).unwrap()
 }
 
+fn at(minutes: i64) -> Millis {
+    Millis::from_unix_millis(T0 + minutes * 60_000)
+}
+
 fn new_event(t: &Taxonomy, kind: &str, minutes: i64, event_id: &str) -> NewEvent {
     NewEvent {
-        event: Event::new(
-            t.resolve(kind).unwrap(),
-            Millis::from_unix_millis(T0 + minutes * 60_000),
-        ),
+        event: Event::new(t.resolve(kind).unwrap(), at(minutes)),
         event_id: event_id.into(),
         item_id: format!("item-{minutes}"),
         attributes: vec![("source".into(), "test".into())],
@@ -31,36 +35,45 @@ fn new_event(t: &Taxonomy, kind: &str, minutes: i64, event_id: &str) -> NewEvent
 }
 
 async fn track(store: &dyn Store, v: &str, events: Vec<NewEvent>) -> (u32, u32) {
-    let op = WriteOp::Track {
-        visitor: visitor(v),
-        events,
-        want_record: false,
-    };
-    match settle(store.submit(op)).await.unwrap() {
-        Outcome::Tracked {
-            accepted,
-            duplicates,
-            ..
-        } => (accepted, duplicates),
-        other => panic!("unexpected {other:?}"),
-    }
+    let t = store.track(visitor(v), events, false).await.unwrap();
+    (t.accepted, t.duplicates)
 }
 
-async fn forget(store: &dyn Store, v: &str) -> bool {
-    match settle(store.submit(WriteOp::Forget {
-        visitor: visitor(v),
-    }))
-    .await
-    .unwrap()
-    {
-        Outcome::Forgotten { existed } => existed,
-        other => panic!("unexpected {other:?}"),
+async fn load(store: &dyn Store, v: &str) -> Option<rung::store::VisitorRecord> {
+    store.load(&visitor(v)).await.unwrap()
+}
+
+/// Every visitor a full scan returns, following `last_key`, `max` at a time.
+async fn scan_all(store: &dyn Store, since: Millis, max: usize) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    for _ in 0..10_000 {
+        let chunk = store.scan(after.as_deref(), since, max).await.unwrap();
+        assert!(
+            chunk.entries.len() <= max,
+            "{} > {max}",
+            chunk.entries.len()
+        );
+        out.extend(chunk.entries);
+        if chunk.done {
+            return out;
+        }
+        after = Some(
+            chunk
+                .last_key
+                .expect("a chunk that is not the last says where it ended"),
+        );
     }
+    panic!("the scan never ended");
+}
+
+fn ids(entries: &[(String, Vec<u8>)]) -> Vec<String> {
+    entries.iter().map(|(id, _)| id.clone()).collect()
 }
 
 pub async fn unknown_visitors_load_as_none(store: Arc<dyn Store>, _t: Arc<Taxonomy>) {
-    assert_eq!(store.load(&visitor("nobody")).unwrap(), None);
-    assert!(store.recent_events(&visitor("nobody")).unwrap().is_empty());
+    assert_eq!(load(&*store, "nobody").await, None);
+    assert_eq!(store.snapshot(&visitor("nobody")).await.unwrap(), None);
 }
 
 pub async fn tracked_events_are_in_the_record(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
@@ -70,13 +83,19 @@ pub async fn tracked_events_are_in_the_record(store: Arc<dyn Store>, t: Arc<Taxo
         new_event(&t, "view_item", 2, ""),
     ];
     assert_eq!(track(&*store, "v", events).await, (3, 0));
-    let record = store.load(&visitor("v")).unwrap().expect("stored");
+    let record = load(&*store, "v").await.expect("stored");
     assert_eq!(record.aggregate.count(t.resolve("view_item").unwrap()), 2);
     assert_eq!(record.aggregate.count(t.resolve("add_to_cart").unwrap()), 1);
-    assert_eq!(
-        record.aggregate.last(),
-        Some(Millis::from_unix_millis(T0 + 120_000))
-    );
+    assert_eq!(record.aggregate.last(), Some(at(2)));
+}
+
+pub async fn a_track_can_hand_back_the_record(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+    let written = store
+        .track(visitor("v"), vec![new_event(&t, "purchase", 3, "p")], true)
+        .await
+        .unwrap();
+    let handed = written.record.expect("asked for");
+    assert_eq!(Some(*handed), load(&*store, "v").await);
 }
 
 pub async fn repeated_event_ids_are_duplicates(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
@@ -94,7 +113,7 @@ pub async fn repeated_event_ids_are_duplicates(store: Arc<dyn Store>, t: Arc<Tax
     ];
     assert_eq!(track(&*store, "v", first).await, (2, 0));
     assert_eq!(track(&*store, "v", second).await, (3, 2));
-    let record = store.load(&visitor("v")).unwrap().unwrap();
+    let record = load(&*store, "v").await.unwrap();
     assert_eq!(record.aggregate.count(t.resolve("view_item").unwrap()), 5);
 }
 
@@ -128,72 +147,122 @@ pub async fn ids_are_per_visitor(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
 pub async fn the_raw_event_ring_keeps_the_newest(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
     let events = (0..7).map(|i| new_event(&t, "page_view", i, "")).collect();
     track(&*store, "v", events).await;
-    let recent = store.recent_events(&visitor("v")).unwrap();
-    let seqs: Vec<u64> = recent.iter().map(|e| e.seq).collect();
+    let snap = store.snapshot(&visitor("v")).await.unwrap().unwrap();
+    let seqs: Vec<u64> = snap.recent.iter().map(|e| e.seq).collect();
     assert_eq!(seqs, [6, 5, 4, 3, 2]);
-    assert_eq!(recent[0].kind, "page_view");
-    assert_eq!(recent[0].item_id, "item-6");
+    assert_eq!(snap.recent[0].kind, "page_view");
+    assert_eq!(snap.recent[0].item_id, "item-6");
     assert_eq!(
-        recent[0].attributes,
+        snap.recent[0].attributes,
         vec![("source".to_string(), "test".to_string())]
     );
+    assert_eq!(snap.record.next_seq, 7);
+    assert_eq!(Some(snap.record), load(&*store, "v").await);
 }
 
 pub async fn forget_erases_everything(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
     track(&*store, "v", vec![new_event(&t, "view_item", 0, "a")]).await;
     track(&*store, "other", vec![new_event(&t, "view_item", 0, "a")]).await;
-    assert!(forget(&*store, "v").await);
-    assert_eq!(store.load(&visitor("v")).unwrap(), None);
-    assert!(store.recent_events(&visitor("v")).unwrap().is_empty());
-    assert!(!forget(&*store, "v").await);
+    assert!(store.forget(visitor("v")).await.unwrap());
+    assert_eq!(load(&*store, "v").await, None);
+    assert_eq!(store.snapshot(&visitor("v")).await.unwrap(), None);
+    assert_eq!(
+        ids(&scan_all(&*store, Millis::from_unix_millis(i64::MIN), 10).await),
+        ["other"]
+    );
+    assert!(!store.forget(visitor("v")).await.unwrap());
     // A forgotten visitor starts afresh: old ids are forgotten too.
     assert_eq!(
         track(&*store, "v", vec![new_event(&t, "view_item", 0, "a")]).await,
         (1, 0)
     );
-    assert!(store.load(&visitor("other")).unwrap().is_some());
+    assert!(load(&*store, "other").await.is_some());
 }
 
 pub async fn purge_erases_only_inactive_visitors(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
     track(&*store, "old", vec![new_event(&t, "view_item", 0, "")]).await;
     track(&*store, "recent", vec![new_event(&t, "view_item", 600, "")]).await;
-    let op = WriteOp::Purge {
-        inactive_before: Millis::from_unix_millis(T0 + 300 * 60_000),
-        limit: 100,
-    };
-    let outcome = settle(store.submit(op)).await.unwrap();
+    let purged = store.purge(at(300), 100).await.unwrap();
+    assert_eq!((purged.visitors, purged.more), (1, false));
+    assert_eq!(load(&*store, "old").await, None);
+    assert_eq!(store.snapshot(&visitor("old")).await.unwrap(), None);
+    assert!(load(&*store, "recent").await.is_some());
     assert_eq!(
-        outcome,
-        Outcome::Purged {
-            visitors: 1,
-            more: false
-        }
+        ids(&scan_all(&*store, Millis::from_unix_millis(i64::MIN), 10).await),
+        ["recent"]
     );
-    assert_eq!(store.load(&visitor("old")).unwrap(), None);
-    assert!(store.recent_events(&visitor("old")).unwrap().is_empty());
-    assert!(store.load(&visitor("recent")).unwrap().is_some());
+    // Nothing left to do: a second purge (another replica's) erases nothing.
+    let again = store.purge(at(300), 100).await.unwrap();
+    assert_eq!((again.visitors, again.more), (0, false));
+}
+
+pub async fn purge_works_in_bounded_passes(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+    for i in 0..5 {
+        track(
+            &*store,
+            &format!("old-{i}"),
+            vec![new_event(&t, "page_view", i, "")],
+        )
+        .await;
+    }
+    let mut total = 0;
+    let mut passes = 0;
+    loop {
+        let p = store.purge(at(100), 2).await.unwrap();
+        assert!(p.visitors <= 2);
+        total += p.visitors;
+        passes += 1;
+        if !p.more {
+            break;
+        }
+        assert!(passes < 10, "purge never finished");
+    }
+    assert_eq!(total, 5);
+    assert!(passes >= 3, "{passes} passes of at most 2");
 }
 
 pub async fn concurrent_writes_to_one_visitor_all_apply(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
-    // Submitted together, they land in shared commits; none may be lost.
+    // Made together, they are in flight together; none may be lost.
     let tickets: Vec<_> = (0..200)
         .map(|i| {
-            store.submit(WriteOp::Track {
-                visitor: visitor("busy"),
-                events: vec![new_event(&t, "page_view", i, &format!("id-{i}"))],
-                want_record: false,
-            })
+            store.track(
+                visitor("busy"),
+                vec![new_event(&t, "page_view", i, &format!("id-{i}"))],
+                false,
+            )
         })
         .collect();
     for ticket in tickets {
-        assert!(matches!(
-            settle(ticket).await.unwrap(),
-            Outcome::Tracked { accepted: 1, .. }
-        ));
+        assert_eq!(ticket.await.unwrap().accepted, 1);
     }
-    let record = store.load(&visitor("busy")).unwrap().unwrap();
+    let record = load(&*store, "busy").await.unwrap();
     assert_eq!(record.aggregate.count(t.resolve("page_view").unwrap()), 200);
     assert_eq!(record.next_seq, 200);
+}
+
+pub async fn writes_to_one_visitor_apply_in_the_order_made(
+    store: Arc<dyn Store>,
+    t: Arc<Taxonomy>,
+) {
+    // The ring keeps arrival order: seq follows the order the writes were made.
+    let tickets: Vec<_> = (0..5)
+        .map(|i| {
+            store.track(
+                visitor("v"),
+                vec![new_event(&t, "page_view", 10 - i, "")],
+                false,
+            )
+        })
+        .collect();
+    for ticket in tickets {
+        ticket.await.unwrap();
+    }
+    let snap = store.snapshot(&visitor("v")).await.unwrap().unwrap();
+    let by_seq: Vec<(u64, Millis)> = snap.recent.iter().map(|e| (e.seq, e.at)).collect();
+    assert_eq!(
+        by_seq,
+        [(4, at(6)), (3, at(7)), (2, at(8)), (1, at(9)), (0, at(10))]
+    );
 }
 
 pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
@@ -210,11 +279,17 @@ pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: A
     let (a, nobody, b) = (visitor("a"), visitor("nobody"), visitor("b"));
     let many: Vec<_> = store
         .load_many(&[&b, &nobody, &a, &b])
+        .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
-    let one = |v: &VisitorId| store.load(v).unwrap();
-    assert_eq!(many, vec![one(&b), None, one(&a), one(&b)]);
+    let expected = vec![
+        load(&*store, "b").await,
+        None,
+        load(&*store, "a").await,
+        load(&*store, "b").await,
+    ];
+    assert_eq!(many, expected);
     assert_eq!(
         many[0]
             .as_ref()
@@ -223,18 +298,158 @@ pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: A
             .count(t.resolve("purchase").unwrap()),
         1
     );
-    assert!(store.load_many(&[]).is_empty());
+    assert!(store.load_many(&[]).await.is_empty());
+}
+
+pub async fn a_scan_returns_each_active_visitor_once(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+    // 40 visitors, the i-th last seen at minute i; ids that sort and hash
+    // in no particular order.
+    let mut expected = BTreeSet::new();
+    for i in 0..40 {
+        let id = format!("{}-visitor-{i}", ["b", "a", "c", "z", "é"][i % 5]);
+        track(&*store, &id, vec![new_event(&t, "view_item", i as i64, "")]).await;
+        if i >= 25 {
+            expected.insert(id);
+        }
+    }
+
+    // Only visitors last seen at or after minute 25, in chunks of 4.
+    let entries = scan_all(&*store, at(25), 4).await;
+
+    let got = ids(&entries);
+    let unique: BTreeSet<String> = got.iter().cloned().collect();
+    assert_eq!(unique.len(), got.len(), "a visitor came twice: {got:?}");
+    assert_eq!(unique, expected);
+    for (id, bytes) in &entries {
+        let r = record::decode(id, bytes, &t).unwrap();
+        assert_eq!(Some(r), load(&*store, id).await, "{id}");
+    }
+}
+
+pub async fn a_scan_resumes_after_any_visitor_it_returned(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+    for i in 0..12 {
+        track(
+            &*store,
+            &format!("v{i}"),
+            vec![new_event(&t, "page_view", i, "")],
+        )
+        .await;
+    }
+    let since = Millis::from_unix_millis(i64::MIN);
+    let order = ids(&scan_all(&*store, since, 100).await);
+    assert_eq!(order.len(), 12);
+    for k in 0..order.len() {
+        let rest = ids(&scan_all_after(&*store, &order[k], since).await);
+        assert_eq!(rest, order[k + 1..], "after {}", order[k]);
+    }
+}
+
+async fn scan_all_after(store: &dyn Store, first: &str, since: Millis) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut after = first.to_string();
+    loop {
+        let chunk = store.scan(Some(&after), since, 3).await.unwrap();
+        out.extend(chunk.entries);
+        match (chunk.done, chunk.last_key) {
+            (true, _) => return out,
+            (false, Some(k)) => after = k,
+            (false, None) => panic!("no last key"),
+        }
+    }
+}
+
+pub async fn an_empty_store_scans_to_nothing(store: Arc<dyn Store>, _t: Arc<Taxonomy>) {
+    let chunk = store
+        .scan(None, Millis::from_unix_millis(i64::MIN), 10)
+        .await
+        .unwrap();
+    assert!(chunk.entries.is_empty());
+    assert!(chunk.done);
+}
+
+fn saved(name: &str, definition: &str, minute: i64) -> SavedSegment {
+    SavedSegment {
+        name: name.into(),
+        definition: definition.into(),
+        description: format!("about {name}"),
+        updated_at: at(minute),
+    }
+}
+
+pub async fn segments_are_saved_listed_replaced_and_deleted(
+    store: Arc<dyn Store>,
+    _t: Arc<Taxonomy>,
+) {
+    assert_eq!(store.segments().await.unwrap(), []);
+    let b = saved("buyers", "reached purchase", 1);
+    let a = saved("abandoners", "reached add_to_cart", 2);
+    assert_eq!(
+        store.put_segment(b.clone(), false).await.unwrap(),
+        SegmentWrite::Created
+    );
+    assert_eq!(
+        store.put_segment(a.clone(), false).await.unwrap(),
+        SegmentWrite::Created
+    );
+    // Listed by name.
+    assert_eq!(store.segments().await.unwrap(), [a.clone(), b.clone()]);
+    // A taken name needs overwrite; without it nothing changes.
+    let b2 = saved("buyers", "reached purchase and sessions >= 2", 3);
+    assert_eq!(
+        store.put_segment(b2.clone(), false).await.unwrap(),
+        SegmentWrite::NameTaken
+    );
+    assert_eq!(store.segment("buyers").await.unwrap(), Some(b));
+    assert_eq!(
+        store.put_segment(b2.clone(), true).await.unwrap(),
+        SegmentWrite::Replaced
+    );
+    assert_eq!(store.segment("buyers").await.unwrap(), Some(b2.clone()));
+    assert!(store.delete_segment("abandoners").await.unwrap());
+    assert!(!store.delete_segment("abandoners").await.unwrap());
+    assert_eq!(store.segment("abandoners").await.unwrap(), None);
+    assert_eq!(store.segments().await.unwrap(), [b2]);
+}
+
+pub async fn a_healthy_store_passes_its_check(store: Arc<dyn Store>, _t: Arc<Taxonomy>) {
+    store.check().await.unwrap();
 }
 
 macro_rules! store_contract {
+    ($backend:ident, $make:expr) => {
+        store_contract!(
+            $backend,
+            $make,
+            [
+                unknown_visitors_load_as_none,
+                load_many_answers_each_visitor_in_order,
+                tracked_events_are_in_the_record,
+                a_track_can_hand_back_the_record,
+                repeated_event_ids_are_duplicates,
+                the_dedup_window_is_bounded,
+                ids_are_per_visitor,
+                the_raw_event_ring_keeps_the_newest,
+                forget_erases_everything,
+                purge_erases_only_inactive_visitors,
+                purge_works_in_bounded_passes,
+                concurrent_writes_to_one_visitor_all_apply,
+                writes_to_one_visitor_apply_in_the_order_made,
+                a_scan_returns_each_active_visitor_once,
+                a_scan_resumes_after_any_visitor_it_returned,
+                an_empty_store_scans_to_nothing,
+                segments_are_saved_listed_replaced_and_deleted,
+                a_healthy_store_passes_its_check,
+            ]
+        );
+    };
     ($backend:ident, $make:expr, [$($case:ident),* $(,)?]) => {
         mod $backend {
             $(
-                #[tokio::test]
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let taxonomy = std::sync::Arc::new(rung::domain::Taxonomy::builtin());
                     let dir = tempfile::tempdir().unwrap();
-                    let store = $make(dir.path(), taxonomy.clone());
+                    let store = $make(dir.path(), taxonomy.clone()).await;
                     super::$case(store, taxonomy).await;
                 }
             )*
@@ -242,26 +457,11 @@ macro_rules! store_contract {
     };
 }
 
-fn open_redb(dir: &std::path::Path, t: Arc<Taxonomy>) -> Arc<dyn Store> {
+async fn open_redb(dir: &std::path::Path, t: Arc<Taxonomy>) -> Arc<dyn Store> {
     Arc::new(rung::store::RedbStore::open(dir, t, LIMITS).unwrap())
 }
 
-store_contract!(
-    redb,
-    super::open_redb,
-    [
-        unknown_visitors_load_as_none,
-        load_many_answers_each_visitor_in_order,
-        tracked_events_are_in_the_record,
-        repeated_event_ids_are_duplicates,
-        the_dedup_window_is_bounded,
-        ids_are_per_visitor,
-        the_raw_event_ring_keeps_the_newest,
-        forget_erases_everything,
-        purge_erases_only_inactive_visitors,
-        concurrent_writes_to_one_visitor_all_apply,
-    ]
-);
+store_contract!(redb, super::open_redb);
 
 #[test]
 fn a_second_open_of_the_same_directory_is_refused() {
@@ -302,7 +502,7 @@ fn records_survive_closing_and_reopening() {
         rt.block_on(track(&store, "v", vec![new_event(&t, "view_item", 0, "a")]));
     }
     let store = rung::store::RedbStore::open(dir.path(), t.clone(), LIMITS).unwrap();
-    let record = store.load(&visitor("v")).unwrap().unwrap();
+    let record = rt.block_on(load(&store, "v")).unwrap();
     assert_eq!(record.aggregate.events(), 1);
     assert_eq!(
         rt.block_on(track(&store, "v", vec![new_event(&t, "view_item", 0, "a")])),

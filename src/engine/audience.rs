@@ -1,26 +1,29 @@
 //! Audiences over the stored visitors: saved segments, counts and exports
 //! evaluated as of the query time, and funnels over a time range.
 //!
-//! Every query scans the store in visitor-id order, one chunk at a time
-//! (each chunk its own read transaction, so writers are never held up).
+//! Every query walks the store in its scan order a chunk at a time, reading
+//! the next chunk while the current one is evaluated on all cores.
 //! Visitors last seen before the definition's [`Definition::active_since`]
-//! are skipped on their record header alone; the rest are decoded and
-//! evaluated on all cores.
+//! are skipped by the store without decoding (a record header in redb, an
+//! index in Redis). A count, an export and a funnel share that one walk.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
 
 use crate::audience::definition::{builtins, Definition, DefinitionError, LanguageLimits, NodeId};
 use crate::audience::evaluate::{evaluate, Scored, Subject};
 use crate::audience::funnel::{FunnelReport, FunnelTally, TimeRange};
-use crate::domain::event::{sort_by_time, stable_hash};
-use crate::domain::{Event, Millis, Stage, TypeId};
-use crate::scoring::{timeline, Aggregate, Band, Model, Timeline};
-use crate::store::{self, record, Outcome, RecordView, SavedSegment, WriteOp};
+use crate::deploy::Deployed;
+use crate::domain::event::stable_hash;
+use crate::domain::{Millis, Stage, TypeId, VisitorId};
+use crate::scoring::{rebuild, timeline, Band, Model};
+use crate::store::{record, RecordView, SavedSegment, ScanChunk, SegmentWrite, StoreError};
 
 use super::{Engine, EngineError};
 
 /// Visitors decoded per chunk.
 const CHUNK: usize = 8192;
-/// Ids looked at per chunk, kept or skipped.
-const MAX_EXAMINED: usize = 65_536;
 
 /// A segment as listed: built-in or saved.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +46,11 @@ pub struct Member {
     pub stage: Stage,
     pub rung: Option<String>,
     pub last_seen: Option<Millis>,
-    pub matched: NodeId,
+    /// The clause that decided membership: its path and its text.
+    pub matched_path: String,
+    pub matched_clause: String,
+    /// Resumes the export right after this member.
+    pub resume_token: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,42 +60,24 @@ pub struct Counted {
     pub scanned: u64,
 }
 
-/// Members from one stretch of the id space.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ExportChunk {
-    pub members: Vec<Member>,
-    /// Resume after this id; `None` if the stretch held no visitor.
-    pub last_key: Option<String>,
-    pub done: bool,
+/// An export to run ([`Engine::export`]).
+#[derive(Debug, Clone)]
+pub struct ExportQuery {
+    pub definition: Arc<Definition>,
+    /// The saved or built-in segment's name, if it is one: the export ends
+    /// with "not found" if it is deleted meanwhile.
+    pub name: Option<String>,
+    pub as_of: Millis,
+    /// Resume after this visitor (from a [`ResumeToken`]).
+    pub after: Option<String>,
 }
 
-/// Why a segment query could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum AudienceError {
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error("no segment named {0:?}")]
-    NotFound(String),
-    #[error("segment {0:?} exists; set overwrite to replace it")]
-    NameTaken(String),
-    #[error("{0:?} is a built-in segment and cannot be changed or deleted")]
-    Builtin(String),
-    /// A definition sent by the caller.
-    #[error("{0}")]
-    Definition(#[from] DefinitionError),
-    /// A saved definition that no longer passes validation (e.g. a window
-    /// now longer than the retention period).
-    #[error("saved segment {name:?} is no longer valid: {error}")]
-    SavedInvalid {
-        name: String,
-        error: DefinitionError,
-    },
-}
-
-impl From<store::StoreError> for AudienceError {
-    fn from(e: store::StoreError) -> Self {
-        AudienceError::Engine(e.into())
-    }
+/// Members of one chunk, in scan order, each with where its verdict came from.
+enum Found {
+    /// A member (its details only when an export asked for them).
+    Member(Option<Box<(Member, NodeId)>>),
+    /// The record holds events after `as_of`: evaluate it on a rebuild.
+    Rewind,
 }
 
 impl Engine {
@@ -106,40 +95,40 @@ impl Engine {
     }
 
     /// Built-ins first (in their order), then saved segments by name.
-    pub fn segments(&self) -> Result<Vec<SegmentInfo>, AudienceError> {
+    pub async fn segments(&self) -> Result<Vec<SegmentInfo>, EngineError> {
         let mut out: Vec<SegmentInfo> = builtins()
             .iter()
             .map(|b| self.builtin_info(b.name, b.description, b.json))
             .collect::<Result<_, _>>()?;
-        for saved in self.store.segments()? {
-            out.push(self.saved_info(saved)?);
+        for saved in self.store.segments().await? {
+            out.push(self.saved_info(saved));
         }
         Ok(out)
     }
 
-    pub fn segment(&self, name: &str) -> Result<SegmentInfo, AudienceError> {
+    pub async fn segment(&self, name: &str) -> Result<SegmentInfo, EngineError> {
         if let Some(b) = builtins().iter().find(|b| b.name == name) {
             return self.builtin_info(b.name, b.description, b.json);
         }
-        match self.store.segment(name)? {
-            Some(saved) => self.saved_info(saved),
-            None => Err(AudienceError::NotFound(name.to_string())),
+        match self.store.segment(name).await? {
+            Some(saved) => Ok(self.saved_info(saved)),
+            None => Err(EngineError::SegmentNotFound(name.to_string())),
         }
     }
 
     /// The parsed definition of a named segment.
-    pub fn named_definition(&self, name: &str) -> Result<Definition, AudienceError> {
-        let info = self.segment(name)?;
+    pub async fn named_definition(&self, name: &str) -> Result<Definition, EngineError> {
+        let info = self.segment(name).await?;
         self.parse_definition(&info.definition)
-            .map_err(|error| AudienceError::SavedInvalid {
+            .map_err(|error| EngineError::SavedSegmentInvalid {
                 name: name.to_string(),
                 error,
             })
     }
 
     /// Whether `name` is still defined (exports check between chunks).
-    pub fn segment_exists(&self, name: &str) -> Result<bool, AudienceError> {
-        Ok(builtins().iter().any(|b| b.name == name) || self.store.segment(name)?.is_some())
+    async fn segment_exists(&self, name: &str) -> Result<bool, EngineError> {
+        Ok(builtins().iter().any(|b| b.name == name) || self.store.segment(name).await?.is_some())
     }
 
     fn builtin_info(
@@ -147,13 +136,13 @@ impl Engine {
         name: &str,
         description: &str,
         json: &str,
-    ) -> Result<SegmentInfo, AudienceError> {
-        let def = self
-            .parse_definition(json)
-            .map_err(|error| AudienceError::SavedInvalid {
-                name: name.to_string(),
-                error,
-            })?;
+    ) -> Result<SegmentInfo, EngineError> {
+        let def =
+            self.parse_definition(json)
+                .map_err(|error| EngineError::SavedSegmentInvalid {
+                    name: name.to_string(),
+                    error,
+                })?;
         Ok(SegmentInfo {
             name: name.to_string(),
             definition: json.to_string(),
@@ -164,21 +153,21 @@ impl Engine {
         })
     }
 
-    fn saved_info(&self, s: SavedSegment) -> Result<SegmentInfo, AudienceError> {
+    fn saved_info(&self, s: SavedSegment) -> SegmentInfo {
         // A saved definition that no longer validates is still listed, so it
         // can be seen and replaced; its canonical form is then empty.
         let canonical_json = self
             .parse_definition(&s.definition)
             .map(|d| d.to_json())
             .unwrap_or_default();
-        Ok(SegmentInfo {
+        SegmentInfo {
             name: s.name,
             definition: s.definition,
             description: s.description,
             builtin: false,
             updated_at: Some(s.updated_at),
             canonical_json,
-        })
+        }
     }
 
     /// Validates and saves a definition; whether it replaced one.
@@ -189,9 +178,9 @@ impl Engine {
         description: &str,
         overwrite: bool,
         now: Millis,
-    ) -> Result<(SegmentInfo, bool), AudienceError> {
+    ) -> Result<(SegmentInfo, bool), EngineError> {
         if builtins().iter().any(|b| b.name == name) {
-            return Err(AudienceError::Builtin(name.to_string()));
+            return Err(EngineError::BuiltinSegment(name.to_string()));
         }
         self.parse_definition(definition)?;
         let segment = SavedSegment {
@@ -200,165 +189,261 @@ impl Engine {
             description: description.to_string(),
             updated_at: now,
         };
-        let op = WriteOp::PutSegment {
-            segment: segment.clone(),
-            overwrite,
+        let replaced = match self.store.put_segment(segment.clone(), overwrite).await? {
+            SegmentWrite::Created => false,
+            SegmentWrite::Replaced => true,
+            SegmentWrite::NameTaken => return Err(EngineError::SegmentNameTaken(name.to_string())),
         };
-        match store::settle(self.store.submit(op)).await? {
-            Outcome::SegmentPut { replaced } => Ok((self.saved_info(segment)?, replaced)),
-            Outcome::SegmentNameTaken => Err(AudienceError::NameTaken(name.to_string())),
-            _ => Err(EngineError::UnexpectedOutcome.into()),
-        }
+        Ok((self.saved_info(segment), replaced))
     }
 
-    pub async fn delete_segment(&self, name: &str) -> Result<(), AudienceError> {
+    pub async fn delete_segment(&self, name: &str) -> Result<(), EngineError> {
         if builtins().iter().any(|b| b.name == name) {
-            return Err(AudienceError::Builtin(name.to_string()));
+            return Err(EngineError::BuiltinSegment(name.to_string()));
         }
-        let op = WriteOp::DeleteSegment {
-            name: name.to_string(),
-        };
-        match store::settle(self.store.submit(op)).await? {
-            Outcome::SegmentDeleted { existed: true } => Ok(()),
-            Outcome::SegmentDeleted { existed: false } => {
-                Err(AudienceError::NotFound(name.to_string()))
-            }
-            _ => Err(EngineError::UnexpectedOutcome.into()),
+        if self.store.delete_segment(name).await? {
+            Ok(())
+        } else {
+            Err(EngineError::SegmentNotFound(name.to_string()))
         }
     }
 
     /// Members of a definition as of `as_of`.
-    pub fn count_segment(&self, def: &Definition, as_of: Millis) -> Result<Counted, EngineError> {
-        let serving = self.model.current();
-        let since = def
-            .active_since(as_of)
-            .unwrap_or(Millis::from_unix_millis(i64::MIN));
-        let parts = self.scan_parallel(
-            since,
-            || Counted {
-                count: 0,
-                scanned: 0,
-            },
-            |c, id, bytes| {
-                c.scanned += 1;
-                if let Some(mut subject) = self.subject(&serving.model, id, bytes, as_of) {
-                    c.count += u64::from(evaluate(def, &mut subject).is_some());
-                }
-            },
-        )?;
-        Ok(parts.into_iter().fold(
-            Counted {
-                count: 0,
-                scanned: 0,
-            },
-            |a, b| Counted {
-                count: a.count + b.count,
-                scanned: a.scanned + b.scanned,
-            },
-        ))
-    }
-
-    /// Scans every visitor last seen at or after `since`, on all cores: the
-    /// id space is cut into more parts than cores and each worker takes the
-    /// next part when done, so uneven parts still balance. One `R` per part.
-    fn scan_parallel<R: Send>(
-        &self,
-        since: Millis,
-        init: impl Fn() -> R + Sync,
-        visit: impl Fn(&mut R, &str, &[u8]) + Sync,
-    ) -> Result<Vec<R>, EngineError> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let parts = self.store.partitions(cores * 8)?;
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let worker = || -> Result<Vec<R>, EngineError> {
-            let mut done = Vec::new();
-            loop {
-                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(range) = parts.get(i) else {
-                    return Ok(done);
-                };
-                let mut acc = init();
-                self.store.scan_range(range, since, &mut |id, bytes| {
-                    visit(&mut acc, id, bytes);
-                    std::ops::ControlFlow::Continue(())
-                })?;
-                done.push(acc);
-            }
-        };
-        if cores == 1 || parts.len() == 1 {
-            return worker();
-        }
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..cores).map(|_| scope.spawn(worker)).collect();
-            let mut all = Vec::new();
-            for h in handles {
-                all.extend(h.join().map_err(|_| EngineError::UnexpectedOutcome)??);
-            }
-            Ok(all)
-        })
-    }
-
-    /// The members among the visitors after `after` (in id order), one
-    /// store chunk's worth.
-    pub fn export_chunk(
-        &self,
-        def: &Definition,
+    pub async fn count_segment(
+        self: &Arc<Self>,
+        def: Arc<Definition>,
         as_of: Millis,
-        after: Option<&str>,
-    ) -> Result<ExportChunk, EngineError> {
+    ) -> Result<Counted, EngineError> {
         let serving = self.model.current();
-        let since = def
-            .active_since(as_of)
-            .unwrap_or(Millis::from_unix_millis(i64::MIN));
-        let chunk = self.store.scan(after, since, CHUNK, MAX_EXAMINED)?;
-        let parts = on_all_cores(&chunk.entries, |entries| {
-            let mut members = Vec::new();
-            for (id, bytes) in entries {
-                let Some(mut subject) = self.subject(&serving.model, id, bytes, as_of) else {
-                    continue;
-                };
-                if let Some(matched) = evaluate(def, &mut subject) {
-                    let scored = subject.scored();
-                    members.push(Member {
-                        visitor: id.clone(),
-                        probability: scored.probability,
-                        ladder_score: scored.ladder_score,
-                        band: scored.band,
-                        stage: subject.stage(),
-                        rung: self
-                            .taxonomy
-                            .milestone_at(subject.milestone_rank())
-                            .map(|t| t.name.clone()),
-                        last_seen: subject.last_seen(),
-                        matched,
-                    });
+        let mut chunks = self.chunks(since(&def, as_of), None);
+        let mut counted = Counted {
+            count: 0,
+            scanned: 0,
+        };
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk?;
+            counted.scanned += chunk.entries.len() as u64;
+            let found = self
+                .evaluate_chunk(&serving, &def, as_of, chunk, false)
+                .await?;
+            counted.count += found.len() as u64;
+        }
+        Ok(counted)
+    }
+
+    /// Streams the members of a definition as of a moment, in the store's
+    /// scan order, chunk by chunk, until the end, a failure, the segment's
+    /// deletion, or the receiver going away. Each member carries the token
+    /// that resumes the export after it.
+    pub fn export(
+        self: &Arc<Self>,
+        q: ExportQuery,
+    ) -> mpsc::Receiver<Result<Vec<Member>, EngineError>> {
+        // Chunks buffered ahead of a slow reader.
+        const AHEAD: usize = 4;
+        let (tx, rx) = mpsc::channel(AHEAD);
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            let segment = q.name.as_deref().unwrap_or("(inline)").to_string();
+            match engine.run_export(&q, &tx, &mut sent).await {
+                Ok(true) => tracing::info!(sent, segment, "export finished"),
+                Ok(false) => tracing::info!(sent, segment, "export abandoned by the client"),
+                Err(e) => {
+                    tracing::info!(error = %e, sent, segment, "export ended early");
+                    let _ = tx.send(Err(e)).await;
                 }
             }
-            members
         });
-        Ok(ExportChunk {
-            members: parts.into_iter().flatten().collect(),
-            last_key: chunk.last_key,
-            done: chunk.done,
-        })
+        rx
+    }
+
+    /// `Ok(false)`: the receiver went away.
+    async fn run_export(
+        self: &Arc<Self>,
+        q: &ExportQuery,
+        tx: &mpsc::Sender<Result<Vec<Member>, EngineError>>,
+        sent: &mut u64,
+    ) -> Result<bool, EngineError> {
+        let serving = self.model.current();
+        let fingerprint = ResumeToken::fingerprint(&q.definition);
+        let mut chunks = self.chunks(since(&q.definition, q.as_of), q.after.clone());
+        while let Some(chunk) = chunks.recv().await {
+            if let Some(name) = &q.name {
+                if !self.segment_exists(name).await? {
+                    return Err(EngineError::SegmentNotFound(name.clone()));
+                }
+            }
+            let found = self
+                .evaluate_chunk(&serving, &q.definition, q.as_of, chunk?, true)
+                .await?;
+            let members: Vec<Member> = found
+                .into_iter()
+                .flatten()
+                .map(|boxed| {
+                    let (mut m, node) = *boxed;
+                    let (path, clause) = q.definition.node(node);
+                    m.matched_path = path.to_string();
+                    m.matched_clause = clause.to_string();
+                    m.resume_token = ResumeToken {
+                        as_of: q.as_of,
+                        definition: fingerprint,
+                        after: m.visitor.clone(),
+                    }
+                    .encode();
+                    m
+                })
+                .collect();
+            *sent += members.len() as u64;
+            if !members.is_empty() && tx.send(Ok(members)).await.is_err() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Funnel figures over `[from, to)`.
-    pub fn funnel(&self, range: TimeRange) -> Result<FunnelReport, EngineError> {
-        let parts = self.scan_parallel(
-            range.from,
-            || FunnelTally::new(&self.taxonomy),
-            |tally, id, bytes| {
-                if let Some(view) = self.decode(id, bytes) {
-                    tally.add(&self.taxonomy, range, &view.aggregate, &view.timeline);
-                }
-            },
-        )?;
+    pub async fn funnel(self: &Arc<Self>, range: TimeRange) -> Result<FunnelReport, EngineError> {
+        let mut chunks = self.chunks(range.from, None);
         let mut total = FunnelTally::new(&self.taxonomy);
-        for t in &parts {
-            total.merge(t);
+        while let Some(chunk) = chunks.recv().await {
+            let entries = chunk?.entries;
+            let engine = self.clone();
+            let parts = blocking(move || {
+                on_all_cores(&entries, |part| {
+                    let mut tally = FunnelTally::new(&engine.taxonomy);
+                    for (id, bytes) in part {
+                        if let Some(view) = engine.decode(id, bytes) {
+                            tally.add(&engine.taxonomy, range, &view.aggregate, &view.timeline);
+                        }
+                    }
+                    tally
+                })
+            })
+            .await??;
+            for t in &parts {
+                total.merge(t);
+            }
         }
         Ok(total.report(&self.taxonomy, range))
+    }
+
+    /// The chunks of visitors last seen at or after `since`, after `after`
+    /// in scan order, read one chunk ahead of the caller. The reading stops
+    /// when the receiver goes away.
+    fn chunks(
+        &self,
+        since: Millis,
+        after: Option<String>,
+    ) -> mpsc::Receiver<Result<ScanChunk, StoreError>> {
+        let store = self.store.clone();
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut after = after;
+            loop {
+                let chunk = store.scan(after.as_deref(), since, CHUNK).await;
+                let next = match &chunk {
+                    Ok(c) if !c.done => c.last_key.clone(),
+                    _ => None,
+                };
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+                match next {
+                    Some(key) => after = Some(key),
+                    None => return,
+                }
+            }
+        });
+        rx
+    }
+
+    /// Evaluates a chunk on all cores: the members, in scan order. Visitors
+    /// whose records hold events after `as_of` are evaluated on a rebuild
+    /// from their kept raw events, in their place.
+    async fn evaluate_chunk(
+        self: &Arc<Self>,
+        serving: &Arc<Deployed>,
+        def: &Arc<Definition>,
+        as_of: Millis,
+        chunk: ScanChunk,
+        details: bool,
+    ) -> Result<Vec<Option<Box<(Member, NodeId)>>>, EngineError> {
+        let entries = Arc::new(chunk.entries);
+        let (engine, serving2, def2, entries2) =
+            (self.clone(), serving.clone(), def.clone(), entries.clone());
+        let parts = blocking(move || {
+            on_all_cores(&entries2, |part| {
+                part.iter()
+                    .filter_map(|(id, bytes)| {
+                        let view = engine.decode(id, bytes)?;
+                        if view.aggregate.last().is_some_and(|l| l > as_of) {
+                            return Some((id.as_str(), Found::Rewind));
+                        }
+                        let matched =
+                            engine.judge(&serving2.model, &def2, as_of, id, view, details);
+                        matched.map(|m| (id.as_str(), Found::Member(m)))
+                    })
+                    .map(|(id, f)| (id.to_string(), f))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .await??;
+        let mut out = Vec::new();
+        for (id, found) in parts.into_iter().flatten() {
+            match found {
+                Found::Member(m) => out.push(m),
+                Found::Rewind => {
+                    if let Some(view) = self.rewind(&id, as_of).await {
+                        if let Some(m) = self.judge(&serving.model, def, as_of, &id, view, details)
+                        {
+                            out.push(m);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `Some` for a member (with its details when asked for), `None` otherwise.
+    fn judge(
+        &self,
+        model: &Model,
+        def: &Definition,
+        as_of: Millis,
+        id: &str,
+        view: RecordView,
+        details: bool,
+    ) -> Option<Option<Box<(Member, NodeId)>>> {
+        let mut subject = StoredSubject {
+            engine: self,
+            model,
+            as_of,
+            view,
+            scored: None,
+        };
+        let node = evaluate(def, &mut subject)?;
+        if !details {
+            return Some(None);
+        }
+        let scored = subject.scored();
+        let member = Member {
+            visitor: id.to_string(),
+            probability: scored.probability,
+            ladder_score: scored.ladder_score,
+            band: scored.band,
+            stage: subject.stage(),
+            rung: self
+                .taxonomy
+                .milestone_at(subject.milestone_rank())
+                .map(|t| t.name.clone()),
+            last_seen: subject.last_seen(),
+            matched_path: String::new(),
+            matched_clause: String::new(),
+            resume_token: String::new(),
+        };
+        Some(Some(Box::new((member, node))))
     }
 
     /// A corrupt record is left out of audiences (and logged) rather than
@@ -373,56 +458,37 @@ impl Engine {
         }
     }
 
-    fn subject<'a>(
-        &'a self,
-        model: &'a Model,
-        id: &str,
-        bytes: &[u8],
-        as_of: Millis,
-    ) -> Option<StoredSubject<'a>> {
-        let mut view = self.decode(id, bytes)?;
-        if view.aggregate.last().is_some_and(|l| l > as_of) {
-            view = self.rewind(id, as_of)?;
-        }
-        Some(StoredSubject {
-            engine: self,
-            model,
-            as_of,
-            view,
-            scored: None,
-        })
-    }
-
-    /// The visitor as they were at `as_of`, from the kept raw events.
-    fn rewind(&self, id: &str, as_of: Millis) -> Option<RecordView> {
-        let visitor = crate::domain::VisitorId::parse(id.to_string(), usize::MAX).ok()?;
-        let recent = match self.store.recent_events(&visitor) {
-            Ok(r) => r,
+    /// The visitor as they were at `as_of`, rebuilt from the kept raw events.
+    async fn rewind(&self, id: &str, as_of: Millis) -> Option<RecordView> {
+        let visitor = VisitorId::parse(id.to_string(), usize::MAX).ok()?;
+        let kept = match self.kept_events(&visitor).await {
+            Ok(k) => k,
             Err(e) => {
                 tracing::warn!(visitor_id = id, error = %e, "unreadable visitor left out of an audience");
                 return None;
             }
         };
-        let mut events: Vec<Event> = recent
-            .iter()
-            .filter(|e| e.at <= as_of)
-            .filter_map(|e| {
-                let kind = self.taxonomy.resolve(&e.kind)?;
-                Some(Event::new(kind, e.at).with_item(&e.item_id))
-            })
-            .collect();
-        sort_by_time(&mut events);
-        let mut aggregate = Aggregate::new(&self.taxonomy, as_of);
-        let mut timeline = Timeline::default();
-        for e in &events {
-            aggregate.apply(&self.taxonomy, e);
-            timeline.record(e.kind, e.at);
-        }
+        let r = rebuild(&self.taxonomy, &kept, &[], as_of);
         Some(RecordView {
-            aggregate,
-            timeline,
+            aggregate: r.aggregate,
+            timeline: r.timeline,
         })
     }
+}
+
+/// The earliest last-seen time a member of `def` can have at `as_of`.
+fn since(def: &Definition, as_of: Millis) -> Millis {
+    def.active_since(as_of)
+        .unwrap_or(Millis::from_unix_millis(i64::MIN))
+}
+
+/// Runs CPU work on the blocking pool, so it never stalls scoring calls.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<Result<T, EngineError>, EngineError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| EngineError::Internal(format!("audience task failed: {e}")))
 }
 
 /// A stored visitor seen by the segment language.
@@ -486,11 +552,15 @@ impl Subject for StoredSubject<'_> {
     }
 }
 
-/// Runs `f` over `items` split into one slice per core; results in slice order.
-fn on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+/// Runs `f` over `items` split into one slice per core; results in slice
+/// order. A worker that panics fails the query, not the server.
+fn on_all_cores<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&[T]) -> R + Sync,
+) -> Result<Vec<R>, EngineError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores == 1 || items.len() < 256 {
-        return vec![f(items)];
+        return Ok(vec![f(items)]);
     }
     let per = items.len().div_ceil(cores);
     std::thread::scope(|scope| {
@@ -501,7 +571,10 @@ fn on_all_cores<T: Sync, R: Send>(items: &[T], f: impl Fn(&[T]) -> R + Sync) -> 
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("audience worker panicked"))
+            .map(|h| {
+                h.join()
+                    .map_err(|_| EngineError::Internal("an audience worker panicked".into()))
+            })
             .collect()
     })
 }

@@ -6,16 +6,20 @@
 //! takes the serving model once, at its start, and scores with it to the end.
 
 pub mod audience;
+pub mod ingest;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::audience::definition::DefinitionError;
 use crate::config::{Bands, Limits, ScoringSettings};
 use crate::deploy::{DeployError, Deployed, ModelSlot, ModelState, ModelWatch, Polled, Swap};
 use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
-use crate::scoring::{self, Band, Ladder, Model, Observation};
-use crate::store::{self, Outcome, Store, StoreError, Ticket, VisitorRecord, WriteOp};
+use crate::scoring::{self, rebuild, Band, Ladder, Model, Observation};
+use crate::store::{Store, StoreError, VisitorRecord};
+
+pub use ingest::{Ingest, IngestSummary, Rejection};
 
 /// A validated request to score one visitor.
 #[derive(Debug, Clone)]
@@ -84,15 +88,34 @@ pub struct Profile {
     pub recent: Vec<StoredEvent>,
 }
 
+/// Everything that can go wrong behind the engine's door; the transport
+/// maps each to a status in one table.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("the store answered a write with the wrong outcome")]
-    UnexpectedOutcome,
     /// A model artifact was refused; the serving model stays.
     #[error(transparent)]
     Model(#[from] DeployError),
+    #[error("no segment named {0:?}")]
+    SegmentNotFound(String),
+    #[error("segment {0:?} exists; set overwrite to replace it")]
+    SegmentNameTaken(String),
+    #[error("{0:?} is a built-in segment and cannot be changed or deleted")]
+    BuiltinSegment(String),
+    /// A definition sent by the caller.
+    #[error("{0}")]
+    Definition(#[from] DefinitionError),
+    /// A saved definition that no longer passes validation (e.g. a window
+    /// now longer than the retention period).
+    #[error("saved segment {name:?} is no longer valid: {error}")]
+    SavedSegmentInvalid {
+        name: String,
+        error: DefinitionError,
+    },
+    /// A worker thread failed (a bug): the query is abandoned.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 pub struct Engine {
@@ -182,17 +205,15 @@ impl Engine {
     }
 
     /// Scores a visitor: stored events plus the query's inline ones.
-    pub fn score(&self, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
-        self.score_by(&self.model.current().model, q, now)
-    }
-
-    fn score_by(&self, model: &Model, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
-        let stored = self.store.load(&q.visitor)?;
-        self.score_with(model, q, stored.as_ref(), now)
+    pub async fn score(&self, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
+        let serving = self.model.current();
+        let stored = self.store.load(&q.visitor).await?;
+        self.score_with(&serving.model, q, stored.as_ref(), now)
+            .await
     }
 
     /// One score per query, in order; each equal to [`Engine::score`] of it.
-    pub fn score_batch(
+    pub async fn score_batch(
         &self,
         queries: Vec<ScoreQuery>,
         now: Millis,
@@ -200,15 +221,18 @@ impl Engine {
         // One model for the whole batch: results of one call are comparable.
         let serving = self.model.current();
         let ids: Vec<&VisitorId> = queries.iter().map(|q| &q.visitor).collect();
-        let stored = self.store.load_many(&ids);
-        queries
-            .into_iter()
-            .zip(stored)
-            .map(|(q, rec)| self.score_with(&serving.model, q, rec?.as_ref(), now))
-            .collect()
+        let stored = self.store.load_many(&ids).await;
+        let mut scores = Vec::with_capacity(queries.len());
+        for (q, rec) in queries.into_iter().zip(stored) {
+            scores.push(
+                self.score_with(&serving.model, q, rec?.as_ref(), now)
+                    .await?,
+            );
+        }
+        Ok(scores)
     }
 
-    fn score_with(
+    async fn score_with(
         &self,
         model: &Model,
         mut q: ScoreQuery,
@@ -245,9 +269,14 @@ impl Engine {
                 aggregate.observe(&self.taxonomy, as_of)
             }
             // Scoring a moment before the visitor's latest stored event: the
-            // aggregate holds events that had not happened yet, so replay the
-            // kept raw events up to as_of.
-            Some(_) => self.replay(&q.visitor, inline, as_of)?,
+            // aggregate holds events that had not happened yet, so rebuild it
+            // from the kept raw events up to as_of.
+            Some(_) => {
+                let kept = self.kept_events(&q.visitor).await?;
+                rebuild(&self.taxonomy, &kept, inline, as_of)
+                    .aggregate
+                    .observe(&self.taxonomy, as_of)
+            }
         };
         Ok(self.finish(
             model,
@@ -259,27 +288,14 @@ impl Engine {
         ))
     }
 
-    fn replay(
-        &self,
-        visitor: &VisitorId,
-        inline: &[Event],
-        as_of: Millis,
-    ) -> Result<Observation, EngineError> {
-        let mut events: Vec<Event> = self
+    /// A visitor's kept raw events, newest first; none for a stranger.
+    async fn kept_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, EngineError> {
+        Ok(self
             .store
-            .recent_events(visitor)?
-            .iter()
-            .filter(|e| e.at <= as_of)
-            .filter_map(|e| {
-                let kind = self.taxonomy.resolve(&e.kind)?;
-                let mut ev = Event::new(kind, e.at).with_item(&e.item_id);
-                ev.value = e.value;
-                Some(ev)
-            })
-            .chain(inline.iter().copied())
-            .collect();
-        sort_by_time(&mut events);
-        Ok(scoring::observe(&self.taxonomy, &events, as_of))
+            .snapshot(visitor)
+            .await?
+            .map(|s| s.recent)
+            .unwrap_or_default())
     }
 
     fn finish(
@@ -326,65 +342,48 @@ impl Engine {
         }
     }
 
-    /// Stores events and scores the visitor afterwards.
+    /// Stores events durably and scores the visitor afterwards.
     pub async fn track(&self, q: TrackQuery, now: Millis) -> Result<Tracked, EngineError> {
         // Taken before the write: the score after it uses the model serving
         // when the call started, like every other call.
         let serving = self.model.current();
         let visitor = q.visitor.clone();
-        let ignored_unknown_type = q.ignored_unknown_type;
-        match store::settle(self.submit_track(q, true)).await? {
-            Outcome::Tracked {
-                accepted,
-                duplicates,
-                record: Some(record),
-            } => {
-                let query = ScoreQuery {
-                    visitor,
-                    events: Vec::new(),
-                    as_of: None,
-                    max_reasons: self.scoring.max_reasons as usize,
-                    explain: false,
-                    ignored_unknown_type,
-                };
-                let score = self.score_with(&serving.model, query, Some(&record), now)?;
-                Ok(Tracked {
-                    accepted,
-                    duplicates,
-                    score,
-                })
-            }
-            _ => Err(EngineError::UnexpectedOutcome),
-        }
-    }
-
-    /// Queues a Track; the ticket resolves once it is durable.
-    pub fn submit_track(&self, q: TrackQuery, want_record: bool) -> Ticket {
-        self.store.submit(WriteOp::Track {
-            visitor: q.visitor,
-            events: q.events,
-            want_record,
+        let written = self.store.track(q.visitor, q.events, true).await?;
+        // A backend that does not hand the record back is read again.
+        let record = match written.record {
+            Some(r) => Some(*r),
+            None => self.store.load(&visitor).await?,
+        };
+        let query = ScoreQuery {
+            visitor,
+            events: Vec::new(),
+            as_of: None,
+            max_reasons: self.scoring.max_reasons as usize,
+            explain: false,
+            ignored_unknown_type: q.ignored_unknown_type,
+        };
+        let score = self
+            .score_with(&serving.model, query, record.as_ref(), now)
+            .await?;
+        Ok(Tracked {
+            accepted: written.accepted,
+            duplicates: written.duplicates,
+            score,
         })
     }
 
-    pub fn profile(&self, visitor: &VisitorId) -> Result<Option<Profile>, EngineError> {
-        let Some(record) = self.store.load(visitor)? else {
-            return Ok(None);
-        };
-        let recent = self.store.recent_events(visitor)?;
-        Ok(Some(Profile {
+    /// What rung remembers about a visitor, read as of one moment.
+    pub async fn profile(&self, visitor: &VisitorId) -> Result<Option<Profile>, EngineError> {
+        Ok(self.store.snapshot(visitor).await?.map(|s| Profile {
             visitor: visitor.clone(),
-            record,
-            recent,
+            record: s.record,
+            recent: s.recent,
         }))
     }
 
     /// Erases a visitor; whether anything was there.
     pub async fn forget(&self, visitor: VisitorId) -> Result<bool, EngineError> {
-        match store::settle(self.store.submit(WriteOp::Forget { visitor })).await? {
-            Outcome::Forgotten { existed } => Ok(existed),
-            _ => Err(EngineError::UnexpectedOutcome),
-        }
+        Ok(self.store.forget(visitor).await?)
     }
 
     /// Erases visitors inactive for longer than the retention period, in
@@ -393,20 +392,17 @@ impl Engine {
         let inactive_before = self.oldest_storable(now);
         let mut total = 0;
         loop {
-            let op = WriteOp::Purge {
-                inactive_before,
-                limit: 10_000,
-            };
-            match store::settle(self.store.submit(op)).await? {
-                Outcome::Purged { visitors, more } => {
-                    total += visitors;
-                    if !more {
-                        return Ok(total);
-                    }
-                }
-                _ => return Err(EngineError::UnexpectedOutcome),
+            let purged = self.store.purge(inactive_before, 10_000).await?;
+            total += purged.visitors;
+            if !purged.more {
+                return Ok(total);
             }
         }
+    }
+
+    /// Whether the store answers (for health checks).
+    pub async fn check_store(&self) -> Result<(), EngineError> {
+        Ok(self.store.check().await?)
     }
 
     fn band(&self, p: f64) -> Band {

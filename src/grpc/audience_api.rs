@@ -1,5 +1,4 @@
-//! `rung.v1.AudienceService`: validate, make engine calls, convert back.
-//! Scans run on the blocking pool so they never stall scoring calls.
+//! `rung.v1.AudienceService`: validate, make one engine call, convert back.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -12,8 +11,9 @@ use tonic::{Request, Response, Status};
 use crate::audience::definition::Definition;
 use crate::audience::funnel::TimeRange;
 use crate::domain::Millis;
-use crate::engine::audience::{AudienceError, Member, ResumeToken, SegmentInfo};
+use crate::engine::audience::{ExportQuery, Member, ResumeToken, SegmentInfo};
 use crate::engine::Engine;
+use crate::engine::EngineError;
 
 use super::convert;
 use super::proto::audience_service_server::AudienceService;
@@ -25,8 +25,6 @@ use super::proto::{
 };
 use super::status::FieldError;
 
-/// Chunks of members buffered ahead of a slow reader.
-const EXPORT_AHEAD: usize = 4;
 const MAX_NAME: usize = 64;
 
 pub struct AudienceApi {
@@ -40,11 +38,16 @@ impl AudienceApi {
 
     /// The definition a Count or Export asks for, and the saved segment's
     /// name when it names one (an export checks it still exists).
-    fn target(&self, name: &str, definition: &str) -> Result<(Definition, Option<String>), Status> {
+    async fn target(
+        &self,
+        name: &str,
+        definition: &str,
+    ) -> Result<(Definition, Option<String>), Status> {
         match (name.is_empty(), definition.is_empty()) {
             (false, true) => {
                 segment_name(name)?;
-                Ok((self.engine.named_definition(name)?, Some(name.to_string())))
+                let def = self.engine.named_definition(name).await?;
+                Ok((def, Some(name.to_string())))
             }
             (true, false) => {
                 let def = self
@@ -101,15 +104,9 @@ fn segment(info: SegmentInfo) -> Segment {
     }
 }
 
-fn member(m: Member, def: &Definition, as_of: Millis, fingerprint: u64) -> SegmentMember {
-    let (path, clause) = def.node(m.matched);
-    let token = ResumeToken {
-        as_of,
-        definition: fingerprint,
-        after: m.visitor.clone(),
-    };
+fn member(m: Member) -> SegmentMember {
     SegmentMember {
-        resume_token: token.encode(),
+        resume_token: m.resume_token,
         visitor_id: m.visitor,
         probability: m.probability,
         ladder_score: m.ladder_score,
@@ -117,27 +114,15 @@ fn member(m: Member, def: &Definition, as_of: Millis, fingerprint: u64) -> Segme
         band: convert::band(m.band) as i32,
         rung: m.rung.unwrap_or_default(),
         last_seen: m.last_seen.map(convert::to_timestamp),
-        matched_path: path.to_string(),
-        matched_clause: clause.to_string(),
+        matched_path: m.matched_path,
+        matched_clause: m.matched_clause,
     }
-}
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, AudienceError> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "audience task failed");
-            Status::internal("internal error")
-        })?
-        .map_err(Status::from)
 }
 
 /// Members sent as the engine produces them, chunk by chunk.
 pub struct MemberStream {
-    rx: mpsc::Receiver<Result<Vec<SegmentMember>, Status>>,
-    buffered: std::vec::IntoIter<SegmentMember>,
+    rx: mpsc::Receiver<Result<Vec<Member>, EngineError>>,
+    buffered: std::vec::IntoIter<Member>,
 }
 
 impl Stream for MemberStream {
@@ -146,69 +131,15 @@ impl Stream for MemberStream {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
             if let Some(m) = self.buffered.next() {
-                return Poll::Ready(Some(Ok(m)));
+                return Poll::Ready(Some(Ok(member(m))));
             }
             match self.rx.poll_recv(cx) {
                 Poll::Ready(Some(Ok(chunk))) => self.buffered = chunk.into_iter(),
-                Poll::Ready(Some(Err(status))) => return Poll::Ready(Some(Err(status))),
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => return Poll::Pending,
             }
         }
-    }
-}
-
-/// Produces an export's chunks until the end, a failure, the segment's
-/// deletion, or the client going away.
-async fn run_export(
-    engine: Arc<Engine>,
-    def: Arc<Definition>,
-    name: Option<String>,
-    as_of: Millis,
-    mut after: Option<String>,
-    tx: mpsc::Sender<Result<Vec<SegmentMember>, Status>>,
-) {
-    let fingerprint = ResumeToken::fingerprint(&def);
-    let mut sent = 0u64;
-    loop {
-        let (engine2, def2, name2, after2) =
-            (engine.clone(), def.clone(), name.clone(), after.clone());
-        let chunk = blocking(move || {
-            if let Some(n) = &name2 {
-                if !engine2.segment_exists(n)? {
-                    return Err(AudienceError::NotFound(n.clone()));
-                }
-            }
-            Ok(engine2.export_chunk(&def2, as_of, after2.as_deref())?)
-        })
-        .await;
-        let chunk = match chunk {
-            Ok(c) => c,
-            Err(status) => {
-                tracing::info!(code = ?status.code(), sent, "export ended early");
-                let _ = tx.send(Err(status)).await;
-                return;
-            }
-        };
-        let members: Vec<SegmentMember> = chunk
-            .members
-            .into_iter()
-            .map(|m| member(m, &def, as_of, fingerprint))
-            .collect();
-        sent += members.len() as u64;
-        if !members.is_empty() && tx.send(Ok(members)).await.is_err() {
-            tracing::info!(sent, "export abandoned by the client");
-            return;
-        }
-        if chunk.done {
-            tracing::info!(
-                sent,
-                segment = name.as_deref().unwrap_or("(inline)"),
-                "export finished"
-            );
-            return;
-        }
-        after = chunk.last_key;
     }
 }
 
@@ -246,8 +177,7 @@ impl AudienceService for AudienceApi {
     ) -> Result<Response<GetSegmentResponse>, Status> {
         let name = request.into_inner().name;
         segment_name(&name)?;
-        let engine = self.engine.clone();
-        let info = blocking(move || engine.segment(&name)).await?;
+        let info = self.engine.segment(&name).await?;
         Ok(Response::new(GetSegmentResponse {
             segment: Some(segment(info)),
         }))
@@ -257,8 +187,7 @@ impl AudienceService for AudienceApi {
         &self,
         _request: Request<ListSegmentsRequest>,
     ) -> Result<Response<ListSegmentsResponse>, Status> {
-        let engine = self.engine.clone();
-        let all = blocking(move || engine.segments()).await?;
+        let all = self.engine.segments().await?;
         Ok(Response::new(ListSegmentsResponse {
             segments: all.into_iter().map(segment).collect(),
         }))
@@ -281,9 +210,8 @@ impl AudienceService for AudienceApi {
     ) -> Result<Response<CountSegmentResponse>, Status> {
         let req = request.into_inner();
         let as_of = as_of(req.as_of.as_ref(), "as_of")?.unwrap_or_else(Millis::now);
-        let (def, _) = self.target(&req.name, &req.definition)?;
-        let engine = self.engine.clone();
-        let counted = blocking(move || Ok(engine.count_segment(&def, as_of)?)).await?;
+        let (def, _) = self.target(&req.name, &req.definition).await?;
+        let counted = self.engine.count_segment(Arc::new(def), as_of).await?;
         Ok(Response::new(CountSegmentResponse {
             count: counted.count,
             scanned: counted.scanned,
@@ -299,7 +227,7 @@ impl AudienceService for AudienceApi {
     ) -> Result<Response<MemberStream>, Status> {
         let req = request.into_inner();
         let asked = as_of(req.as_of.as_ref(), "as_of")?;
-        let (def, name) = self.target(&req.name, &req.definition)?;
+        let (def, name) = self.target(&req.name, &req.definition).await?;
         let (as_of, after) = if req.resume_token.is_empty() {
             (asked.unwrap_or_else(Millis::now), None)
         } else {
@@ -314,15 +242,12 @@ impl AudienceService for AudienceApi {
             }
             (token.as_of, Some(token.after))
         };
-        let (tx, rx) = mpsc::channel(EXPORT_AHEAD);
-        tokio::spawn(run_export(
-            self.engine.clone(),
-            Arc::new(def),
+        let rx = self.engine.export(ExportQuery {
+            definition: Arc::new(def),
             name,
             as_of,
             after,
-            tx,
-        ));
+        });
         Ok(Response::new(MemberStream {
             rx,
             buffered: Vec::new().into_iter(),
@@ -342,8 +267,7 @@ impl AudienceService for AudienceApi {
             return Err(FieldError::new("to", "must be after from").into());
         }
         let range = TimeRange { from, to };
-        let engine = self.engine.clone();
-        let report = blocking(move || Ok(engine.funnel(range)?)).await?;
+        let report = self.engine.funnel(range).await?;
         Ok(Response::new(convert::funnel_response(report)))
     }
 }

@@ -1,13 +1,11 @@
 //! `rung.v1.IntentService`: validate, make one engine call, convert back.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::domain::Millis;
-use crate::engine::Engine;
-use crate::store::{self, Outcome, Ticket};
+use crate::engine::{Engine, IngestSummary};
 
 use super::convert::{self, ParseContext};
 use super::proto::intent_service_server::IntentService;
@@ -16,13 +14,6 @@ use super::proto::{
     ScoreBatchRequest, ScoreBatchResponse, ScoreRequest, ScoreResponse, TrackRequest,
     TrackResponse, TrackSummary,
 };
-
-/// Writes a TrackStream keeps in flight before waiting for the oldest:
-/// enough to fill several group commits, bounded so a fast client cannot
-/// queue unbounded memory.
-const STREAM_IN_FLIGHT: usize = 4096;
-/// Rejection reasons a TrackStream summary lists.
-const MAX_REJECTIONS: usize = 100;
 
 pub struct IntentApi {
     engine: Arc<Engine>,
@@ -46,40 +37,21 @@ impl IntentApi {
     }
 }
 
-/// Tallies a TrackStream.
-#[derive(Default)]
-struct StreamTally {
-    summary: TrackSummary,
-}
-
-impl StreamTally {
-    fn reject(&mut self, index: u64, visitor_id: String, events: usize, reason: String) {
-        self.summary.rejected += events as u64;
-        if self.summary.rejections.len() < MAX_REJECTIONS {
-            self.summary.rejections.push(Rejection {
-                message_index: index,
-                visitor_id,
-                reason,
-            });
-        }
-    }
-
-    async fn settle(&mut self, (index, visitor_id, events, ticket): (u64, String, usize, Ticket)) {
-        match store::settle(ticket).await {
-            Ok(Outcome::Tracked {
-                accepted,
-                duplicates,
-                ..
-            }) => {
-                self.summary.accepted += u64::from(accepted);
-                self.summary.duplicates += u64::from(duplicates);
-            }
-            Ok(_) => self.reject(index, visitor_id, events, "internal error".into()),
-            Err(e) => {
-                tracing::error!(error = %e, "stream write failed");
-                self.reject(index, visitor_id, events, format!("not stored: {e}"));
-            }
-        }
+fn summary(s: IngestSummary) -> TrackSummary {
+    TrackSummary {
+        messages: s.messages,
+        accepted: s.accepted,
+        duplicates: s.duplicates,
+        rejected: s.rejected,
+        rejections: s
+            .rejections
+            .into_iter()
+            .map(|r| Rejection {
+                message_index: r.index,
+                visitor_id: r.visitor_id,
+                reason: r.reason,
+            })
+            .collect(),
     }
 }
 
@@ -91,7 +63,7 @@ impl IntentService for IntentApi {
     ) -> Result<Response<ScoreResponse>, Status> {
         let now = Millis::now();
         let query = convert::score_query(request.into_inner(), &self.context(now))?;
-        let score = self.engine.score(query, now)?;
+        let score = self.engine.score(query, now).await?;
         Ok(Response::new(convert::score_response(score)))
     }
 
@@ -103,7 +75,8 @@ impl IntentService for IntentApi {
         let queries = convert::score_batch(request.into_inner(), &self.context(now))?;
         let results = self
             .engine
-            .score_batch(queries, now)?
+            .score_batch(queries, now)
+            .await?
             .into_iter()
             .map(convert::score_response)
             .collect();
@@ -129,32 +102,16 @@ impl IntentService for IntentApi {
         request: Request<Streaming<TrackRequest>>,
     ) -> Result<Response<TrackSummary>, Status> {
         let mut stream = request.into_inner();
-        let mut tally = StreamTally::default();
-        let mut in_flight = VecDeque::new();
-        let mut index = 0u64;
+        let mut ingest = self.engine.ingest();
         while let Some(message) = stream.message().await? {
-            tally.summary.messages += 1;
             let visitor_id = message.visitor_id.clone();
             let events = message.events.len();
-            match convert::track_query(message, &self.context(Millis::now())) {
-                Ok(query) => {
-                    let ticket = self.engine.submit_track(query, false);
-                    in_flight.push_back((index, visitor_id, events, ticket));
-                }
-                Err(e) => tally.reject(index, visitor_id, events, e.to_string()),
-            }
-            while in_flight.len() > STREAM_IN_FLIGHT {
-                if let Some(w) = in_flight.pop_front() {
-                    tally.settle(w).await;
-                }
-            }
-            index += 1;
+            let parsed = convert::track_query(message, &self.context(Millis::now()))
+                .map_err(|e| e.to_string());
+            ingest.push(visitor_id, events, parsed).await;
         }
         // The summary goes out only once every accepted write is durable.
-        while let Some(w) = in_flight.pop_front() {
-            tally.settle(w).await;
-        }
-        Ok(Response::new(tally.summary))
+        Ok(Response::new(summary(ingest.finish().await)))
     }
 
     async fn get_visitor(
@@ -163,7 +120,7 @@ impl IntentService for IntentApi {
     ) -> Result<Response<GetVisitorResponse>, Status> {
         let req = request.into_inner();
         let visitor = convert::visitor_id(req.visitor_id, &self.context(Millis::now()))?;
-        match self.engine.profile(&visitor)? {
+        match self.engine.profile(&visitor).await? {
             Some(p) => Ok(Response::new(convert::profile_response(
                 p,
                 self.engine.taxonomy(),

@@ -57,7 +57,7 @@ impl From<crate::engine::EngineError> for Status {
                 tracing::error!(error = %e, visitor_id = %visitor, "corrupt stored data");
                 Status::internal("stored data for this visitor cannot be read")
             }
-            EngineError::Store(StoreError::Incompatible(_)) | EngineError::UnexpectedOutcome => {
+            EngineError::Store(StoreError::Incompatible(_)) | EngineError::Internal(_) => {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")
             }
@@ -67,21 +67,11 @@ impl From<crate::engine::EngineError> for Status {
                 tracing::error!(error = %cause, "model artifact refused; the serving model stays");
                 Status::failed_precondition(cause.to_string())
             }
-        }
-    }
-}
-
-/// Audience errors: the caller's definition or name, or the engine's.
-impl From<crate::engine::audience::AudienceError> for Status {
-    fn from(e: crate::engine::audience::AudienceError) -> Status {
-        use crate::engine::audience::AudienceError;
-        match e {
-            AudienceError::Engine(inner) => inner.into(),
-            AudienceError::NotFound(_) => Status::not_found(e.to_string()),
-            AudienceError::NameTaken(_) => Status::already_exists(e.to_string()),
-            AudienceError::Builtin(_) => FieldError::new("name", e).into(),
-            AudienceError::Definition(d) => FieldError::new("definition", d).into(),
-            AudienceError::SavedInvalid { .. } => {
+            EngineError::SegmentNotFound(_) => Status::not_found(e.to_string()),
+            EngineError::SegmentNameTaken(_) => Status::already_exists(e.to_string()),
+            EngineError::BuiltinSegment(_) => FieldError::new("name", e).into(),
+            EngineError::Definition(d) => FieldError::new("definition", d).into(),
+            EngineError::SavedSegmentInvalid { .. } => {
                 tracing::warn!(error = %e, "saved segment no longer valid");
                 Status::failed_precondition(e.to_string())
             }

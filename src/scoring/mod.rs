@@ -7,6 +7,7 @@ pub mod band;
 pub mod features;
 pub mod ladder;
 pub mod model;
+pub mod rebuild;
 pub mod timeline;
 
 pub use aggregate::Aggregate;
@@ -14,4 +15,5 @@ pub use band::{Band, Bands};
 pub use features::{feature_names, observe, Observation};
 pub use ladder::Ladder;
 pub use model::{Model, ModelArtifact, ModelError, Prediction};
+pub use rebuild::{rebuild, Rebuilt};
 pub use timeline::Timeline;

@@ -6,10 +6,10 @@
 pub mod record;
 pub mod redb_store;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{Millis, NewEvent, StoredEvent, VisitorId};
 
@@ -33,34 +33,14 @@ pub enum StoreError {
     Incompatible(String),
 }
 
-/// What a write asks of the store. Writes to one store are applied in the
-/// order they are submitted.
-#[derive(Debug, Clone)]
-pub enum WriteOp {
-    /// Append events (duplicates by event id are skipped).
-    Track {
-        visitor: VisitorId,
-        events: Vec<NewEvent>,
-        /// Return the updated record (for a score); streams skip it.
-        want_record: bool,
-    },
-    /// Erase everything about a visitor.
-    Forget {
-        visitor: VisitorId,
-    },
-    /// Erase up to `limit` visitors whose last event is before `inactive_before`.
-    Purge {
-        inactive_before: Millis,
-        limit: usize,
-    },
-    /// Save a segment definition; a taken name only with `overwrite`.
-    PutSegment {
-        segment: SavedSegment,
-        overwrite: bool,
-    },
-    DeleteSegment {
-        name: String,
-    },
+/// A model one replica loaded, announced to the others sharing its store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelNote {
+    /// The announcing replica (each shared store has a random id), so a
+    /// replica ignores its own notes.
+    pub origin: String,
+    pub version: String,
+    pub path: PathBuf,
 }
 
 /// A segment definition saved by a user, kept with the visitor data.
@@ -132,7 +112,7 @@ impl IdRange {
     }
 }
 
-/// Stored visitors in id order, still encoded ([`record::decode_view`]).
+/// Visitors in a store's scan order, still encoded ([`record::decode_view`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanChunk {
     /// Visitor id and record bytes, for visitors that passed the filter.
@@ -143,33 +123,82 @@ pub struct ScanChunk {
     pub done: bool,
 }
 
+/// What a Track did.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    Tracked {
-        accepted: u32,
-        duplicates: u32,
-        record: Option<Box<VisitorRecord>>,
-    },
-    Forgotten {
-        existed: bool,
-    },
-    Purged {
-        visitors: usize,
-        /// More inactive visitors remain.
-        more: bool,
-    },
-    SegmentPut {
-        replaced: bool,
-    },
-    /// PutSegment without overwrite on a taken name: nothing was written.
-    SegmentNameTaken,
-    SegmentDeleted {
-        existed: bool,
-    },
+pub struct Tracked {
+    pub accepted: u32,
+    pub duplicates: u32,
+    /// The record after the write, when it was asked for.
+    pub record: Option<Box<VisitorRecord>>,
 }
 
-/// Resolves once the write is durable (or has failed).
-pub type Ticket = oneshot::Receiver<Result<Outcome, StoreError>>;
+/// What one purge pass erased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Purged {
+    pub visitors: usize,
+    /// More inactive visitors remain.
+    pub more: bool,
+}
+
+/// What saving a segment did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentWrite {
+    Created,
+    Replaced,
+    /// The name is taken and overwriting was not asked for: nothing written.
+    NameTaken,
+}
+
+/// A visitor's record and kept raw events, read as of one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub record: VisitorRecord,
+    /// Newest first.
+    pub recent: Vec<StoredEvent>,
+}
+
+/// A write on its way: resolves once the write is durable (or has failed).
+/// The write is queued when the ticket is made, not when it is first
+/// polled, so a caller can keep many in flight.
+#[must_use = "a write's outcome is only known when its ticket resolves"]
+pub struct Ticket<T> {
+    rx: oneshot::Receiver<Result<T, StoreError>>,
+}
+
+/// The sending half of a [`Ticket`], held by whoever carries out the write.
+pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+impl<T> Ticket<T> {
+    pub fn channel() -> (Reply<T>, Ticket<T>) {
+        let (tx, rx) = oneshot::channel();
+        (tx, Ticket { rx })
+    }
+
+    /// A ticket that is already resolved.
+    pub fn ready(result: Result<T, StoreError>) -> Ticket<T> {
+        let (tx, ticket) = Ticket::channel();
+        let _ = tx.send(result);
+        ticket
+    }
+}
+
+impl<T> std::future::Future for Ticket<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        // A writer that went away without answering is "unavailable".
+        std::pin::Pin::new(&mut self.rx).poll(cx).map(|r| {
+            r.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(
+                    "the write was not applied (the store gave no answer)".into(),
+                ))
+            })
+        })
+    }
+}
 
 /// Sizes that bound what is kept per visitor.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -182,51 +211,70 @@ pub struct StoreLimits {
     pub max_group: usize,
 }
 
+/// Where visitors and saved segments are kept. Every backend meets the
+/// contract in `tests/store_contract.rs`; what a write does to a record is
+/// the same pure code ([`VisitorRecord::track`]) everywhere.
+#[async_trait::async_trait]
 pub trait Store: Send + Sync + 'static {
     /// The visitor's record, if rung has seen them.
-    fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError>;
-    /// [`Store::load`] of each visitor, in order, as of one moment: a batch
-    /// pays for one read transaction instead of one per visitor. A corrupt
-    /// record fails only its own entry.
-    fn load_many(&self, visitors: &[&VisitorId]) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
-        visitors.iter().map(|v| self.load(v)).collect()
-    }
-    /// The visitor's kept raw events, newest first.
-    fn recent_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, StoreError>;
-    /// Queues a write; the ticket resolves when it is durable.
-    fn submit(&self, op: WriteOp) -> Ticket;
-    /// Saved segments, by name.
-    fn segments(&self) -> Result<Vec<SavedSegment>, StoreError>;
-    fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError>;
-    /// Calls `visit` with each visitor in `range` (by id, in id order) last
-    /// seen at or after `active_since`, and its encoded record, until it
-    /// breaks. One read transaction; records are not copied.
-    fn scan_range(
+    async fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError>;
+    /// [`Store::load`] of each visitor, in order. A corrupt record fails
+    /// only its own entry.
+    async fn load_many(
         &self,
-        range: &IdRange,
-        active_since: Millis,
-        visit: &mut dyn FnMut(&str, &[u8]) -> std::ops::ControlFlow<()>,
-    ) -> Result<(), StoreError>;
-    /// About `parts` ranges covering every visitor id, for scanning in
-    /// parallel. Balanced for ids spread evenly; always complete and disjoint.
-    fn partitions(&self, parts: usize) -> Result<Vec<IdRange>, StoreError>;
-    /// Up to `max` visitors with ids after `after`, in id order, skipping
-    /// those last seen before `active_since` without decoding them. Looks
-    /// at no more than `max_examined` ids, so one call stays short.
-    fn scan(
+        visitors: &[&VisitorId],
+    ) -> Vec<Result<Option<VisitorRecord>, StoreError>>;
+    /// The record and the kept raw events, from one consistent read.
+    async fn snapshot(&self, visitor: &VisitorId) -> Result<Option<Snapshot>, StoreError>;
+    /// Appends events (duplicates by event id are skipped), atomically for
+    /// the visitor. Writes to one visitor through one store apply in the
+    /// order they were made.
+    fn track(
+        &self,
+        visitor: VisitorId,
+        events: Vec<NewEvent>,
+        want_record: bool,
+    ) -> Ticket<Tracked>;
+    /// Erases everything about a visitor; whether anything was there.
+    async fn forget(&self, visitor: VisitorId) -> Result<bool, StoreError>;
+    /// Erases up to `limit` visitors whose last event is before
+    /// `inactive_before`. Safe to run from several places at once.
+    async fn purge(&self, inactive_before: Millis, limit: usize) -> Result<Purged, StoreError>;
+    /// Saves a segment definition; a taken name only with `overwrite`.
+    async fn put_segment(
+        &self,
+        segment: SavedSegment,
+        overwrite: bool,
+    ) -> Result<SegmentWrite, StoreError>;
+    /// Removes a saved segment; whether it existed.
+    async fn delete_segment(&self, name: &str) -> Result<bool, StoreError>;
+    /// Saved segments, by name.
+    async fn segments(&self) -> Result<Vec<SavedSegment>, StoreError>;
+    async fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError>;
+    /// Up to `max` visitors after the visitor `after`, in this store's scan
+    /// order, skipping those last seen before `active_since` without
+    /// decoding them. The order is the backend's own (by id in redb; by
+    /// hash slot, then id, in Redis) and fixed, so a scan resumed after any
+    /// visitor it returned, or after `last_key`, goes on where it stopped.
+    /// One call does a bounded amount of work and may return fewer.
+    async fn scan(
         &self,
         after: Option<&str>,
         active_since: Millis,
         max: usize,
-        max_examined: usize,
     ) -> Result<ScanChunk, StoreError>;
-}
-
-/// Waits for a ticket; a writer that went away is "unavailable".
-pub async fn settle(ticket: Ticket) -> Result<Outcome, StoreError> {
-    ticket
-        .await
-        .unwrap_or_else(|_| Err(StoreError::Unavailable("the store writer stopped".into())))
+    /// Whether the store answers now (for the health service).
+    async fn check(&self) -> Result<(), StoreError>;
+    /// Tells the other processes sharing this store that this one now
+    /// serves another model. A store nobody shares has no one to tell.
+    async fn announce_model(&self, _version: &str, _path: &Path) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Models the other processes sharing this store announced; `None` for
+    /// a store nobody shares, or once taken.
+    fn model_announcements(&self) -> Option<mpsc::Receiver<ModelNote>> {
+        None
+    }
 }
 
 #[cfg(test)]

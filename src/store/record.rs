@@ -42,6 +42,14 @@ impl VisitorRecord {
         }
     }
 
+    /// A new visitor's record, anchored at the first of their events.
+    pub fn first(taxonomy: &Taxonomy, events: &[NewEvent]) -> VisitorRecord {
+        let anchor = events
+            .first()
+            .map_or(Millis::from_unix_millis(0), |e| e.event.at);
+        VisitorRecord::new(taxonomy, anchor)
+    }
+
     /// Whether an event with this id was applied recently.
     pub fn has_seen(&self, event_id: &str) -> bool {
         !event_id.is_empty() && self.seen_ids.contains(&stable_hash(event_id))

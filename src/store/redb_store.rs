@@ -24,15 +24,14 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
-use tokio::sync::oneshot;
 
-use crate::domain::{Millis, Taxonomy, VisitorId};
-use crate::scoring::Timeline;
+use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy, VisitorId};
+use crate::scoring::rebuild;
 
 use super::record::{decode as decode_record, encode as encode_record, last_seen};
 use super::{
-    Outcome, SavedSegment, ScanChunk, Store, StoreError, StoreLimits, StoredEvent, Ticket,
-    VisitorRecord, WriteOp,
+    Purged, Reply, SavedSegment, ScanChunk, SegmentWrite, Snapshot, Store, StoreError, StoreLimits,
+    Ticket, Tracked, VisitorRecord,
 };
 
 const VISITORS: TableDefinition<&str, &[u8]> = TableDefinition::new("visitors");
@@ -45,9 +44,71 @@ const FORMAT_V1: &str = "rung.store.v1";
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "rung.redb";
 
-struct Job {
-    op: WriteOp,
-    reply: oneshot::Sender<Result<Outcome, StoreError>>,
+/// A write queued for the writer thread, with the caller's reply.
+enum Job {
+    Track {
+        visitor: VisitorId,
+        events: Vec<NewEvent>,
+        want_record: bool,
+        reply: Reply<Tracked>,
+    },
+    Forget {
+        visitor: VisitorId,
+        reply: Reply<bool>,
+    },
+    Purge {
+        inactive_before: Millis,
+        limit: usize,
+        reply: Reply<Purged>,
+    },
+    PutSegment {
+        segment: SavedSegment,
+        overwrite: bool,
+        reply: Reply<SegmentWrite>,
+    },
+    DeleteSegment {
+        name: String,
+        reply: Reply<bool>,
+    },
+}
+
+/// A job's result, held until its group commits.
+enum Done {
+    Track(Reply<Tracked>, Result<Tracked, StoreError>),
+    Forget(Reply<bool>, bool),
+    Purge(Reply<Purged>, Purged),
+    PutSegment(Reply<SegmentWrite>, SegmentWrite),
+    DeleteSegment(Reply<bool>, bool),
+}
+
+impl Done {
+    /// Answers the caller: its own result once the group committed, the
+    /// group's failure otherwise.
+    fn finish(self, commit: &Result<(), StoreError>) {
+        fn answer<T>(reply: Reply<T>, own: Result<T, StoreError>, commit: &Result<(), StoreError>) {
+            // A caller that went away no longer wants the answer.
+            let _ = reply.send(commit.clone().and(own));
+        }
+        match self {
+            Done::Track(r, v) => answer(r, v, commit),
+            Done::Forget(r, v) => answer(r, Ok(v), commit),
+            Done::Purge(r, v) => answer(r, Ok(v), commit),
+            Done::PutSegment(r, v) => answer(r, Ok(v), commit),
+            Done::DeleteSegment(r, v) => answer(r, Ok(v), commit),
+        }
+    }
+}
+
+impl Job {
+    fn fail(self, e: StoreError) {
+        let _ = match self {
+            Job::Track { reply, .. } => reply.send(Err(e)).is_ok(),
+            Job::Forget { reply, .. } => reply.send(Err(e)).is_ok(),
+            Job::Purge { reply, .. } => reply.send(Err(e)).is_ok(),
+            Job::PutSegment { reply, .. } => reply.send(Err(e)).is_ok(),
+            Job::DeleteSegment { reply, .. } => reply.send(Err(e)).is_ok(),
+        };
+    }
 }
 
 pub struct RedbStore {
@@ -194,21 +255,11 @@ fn migrate_v1(txn: &redb::WriteTransaction, taxonomy: &Taxonomy) -> Result<(), S
             // Left as is: reading it reports it corrupt, for this visitor only.
             continue;
         };
-        let mut timeline = Timeline::default();
-        for e in events
-            .range((id.as_str(), 0u32)..=(id.as_str(), u32::MAX))
-            .map_err(unavailable)?
-        {
-            let (_, raw) = e.map_err(unavailable)?;
-            if let Ok(ev) = postcard::from_bytes::<StoredEvent>(raw.value()) {
-                if let Some(kind) = taxonomy.resolve(&ev.kind) {
-                    timeline.record(kind, ev.at);
-                }
-            }
-        }
+        let kept = read_ring(&events, &id)?;
+        let latest = old.aggregate.last().unwrap_or(Millis::from_unix_millis(0));
         let record = VisitorRecord {
+            timeline: rebuild(taxonomy, &kept, &[], latest).timeline,
             aggregate: old.aggregate,
-            timeline,
             next_seq: old.next_seq,
             seen_ids: old.seen_ids,
         };
@@ -222,6 +273,28 @@ fn migrate_v1(txn: &redb::WriteTransaction, taxonomy: &Taxonomy) -> Result<(), S
     Ok(())
 }
 
+/// A visitor's kept raw events, newest first.
+fn read_ring(
+    table: &impl ReadableTable<(&'static str, u32), &'static [u8]>,
+    visitor: &str,
+) -> Result<Vec<StoredEvent>, StoreError> {
+    let mut out = Vec::new();
+    for entry in table
+        .range((visitor, 0u32)..=(visitor, u32::MAX))
+        .map_err(unavailable)?
+    {
+        let (_, value) = entry.map_err(unavailable)?;
+        let e: StoredEvent =
+            postcard::from_bytes(value.value()).map_err(|e| StoreError::Corrupt {
+                visitor: visitor.to_string(),
+                reason: format!("raw event: {e}"),
+            })?;
+        out.push(e);
+    }
+    out.sort_by_key(|e| std::cmp::Reverse(e.seq));
+    Ok(out)
+}
+
 fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         visitor: String::new(),
@@ -229,18 +302,13 @@ fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
     })
 }
 
-impl RedbStore {
-    /// The visitors table in a fresh read transaction: one snapshot.
-    fn visitors_table(
-        &self,
-    ) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        txn.open_table(VISITORS).map_err(unavailable)
-    }
+/// Ids looked at by one scan call, kept or skipped: one call stays short.
+const MAX_EXAMINED: usize = 65_536;
 
+impl RedbStore {
     fn read_record(
         &self,
-        table: &redb::ReadOnlyTable<&'static str, &'static [u8]>,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
         visitor: &VisitorId,
     ) -> Result<Option<VisitorRecord>, StoreError> {
         let Some(value) = table.get(visitor.as_str()).map_err(unavailable)? else {
@@ -248,15 +316,50 @@ impl RedbStore {
         };
         decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
     }
-}
 
-impl Store for RedbStore {
-    fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
-        self.read_record(&self.visitors_table()?, visitor)
+    /// Queues a write for the writer thread.
+    fn submit(&self, job: Job) {
+        match &self.jobs {
+            // If the writer is gone the job comes back and is failed here.
+            Some(jobs) => {
+                if let Err(mpsc::SendError(job)) = jobs.send(job) {
+                    job.fail(unavailable("the store writer stopped"));
+                }
+            }
+            None => job.fail(unavailable("the store is closed")),
+        }
     }
 
-    fn load_many(&self, visitors: &[&VisitorId]) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
-        match self.visitors_table() {
+    /// Queues a write and waits until it is committed.
+    async fn write<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T, StoreError> {
+        let (reply, ticket) = Ticket::channel();
+        self.submit(make(reply));
+        ticket.await
+    }
+}
+
+// Reads run on the caller's thread: a point read is a few microseconds, less
+// than a hop to the blocking pool. Scans, which look at up to
+// `MAX_EXAMINED` records, go to the blocking pool.
+#[async_trait::async_trait]
+impl Store for RedbStore {
+    async fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        self.read_record(&table, visitor)
+    }
+
+    async fn load_many(
+        &self,
+        visitors: &[&VisitorId],
+    ) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
+        // One read transaction for the whole batch.
+        let table = self
+            .db
+            .begin_read()
+            .map_err(unavailable)
+            .and_then(|txn| txn.open_table(VISITORS).map_err(unavailable));
+        match table {
             Ok(table) => visitors
                 .iter()
                 .map(|v| self.read_record(&table, v))
@@ -265,7 +368,65 @@ impl Store for RedbStore {
         }
     }
 
-    fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {
+    async fn snapshot(&self, visitor: &VisitorId) -> Result<Option<Snapshot>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let visitors = txn.open_table(VISITORS).map_err(unavailable)?;
+        let Some(record) = self.read_record(&visitors, visitor)? else {
+            return Ok(None);
+        };
+        let events = txn.open_table(EVENTS).map_err(unavailable)?;
+        let recent = read_ring(&events, visitor.as_str())?;
+        Ok(Some(Snapshot { record, recent }))
+    }
+
+    fn track(
+        &self,
+        visitor: VisitorId,
+        events: Vec<NewEvent>,
+        want_record: bool,
+    ) -> Ticket<Tracked> {
+        let (reply, ticket) = Ticket::channel();
+        self.submit(Job::Track {
+            visitor,
+            events,
+            want_record,
+            reply,
+        });
+        ticket
+    }
+
+    async fn forget(&self, visitor: VisitorId) -> Result<bool, StoreError> {
+        self.write(|reply| Job::Forget { visitor, reply }).await
+    }
+
+    async fn purge(&self, inactive_before: Millis, limit: usize) -> Result<Purged, StoreError> {
+        self.write(|reply| Job::Purge {
+            inactive_before,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn put_segment(
+        &self,
+        segment: SavedSegment,
+        overwrite: bool,
+    ) -> Result<SegmentWrite, StoreError> {
+        self.write(|reply| Job::PutSegment {
+            segment,
+            overwrite,
+            reply,
+        })
+        .await
+    }
+
+    async fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_string();
+        self.write(|reply| Job::DeleteSegment { name, reply }).await
+    }
+
+    async fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(SEGMENTS).map_err(unavailable)?;
         let mut out = Vec::new();
@@ -276,7 +437,7 @@ impl Store for RedbStore {
         Ok(out)
     }
 
-    fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError> {
+    async fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(SEGMENTS).map_err(unavailable)?;
         let Some(v) = table.get(name).map_err(unavailable)? else {
@@ -285,112 +446,59 @@ impl Store for RedbStore {
         decode_segment(v.value()).map(Some)
     }
 
-    fn scan_range(
-        &self,
-        range: &super::IdRange,
-        active_since: Millis,
-        visit: &mut dyn FnMut(&str, &[u8]) -> std::ops::ControlFlow<()>,
-    ) -> Result<(), StoreError> {
-        use std::ops::Bound;
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(VISITORS).map_err(unavailable)?;
-        let from = range
-            .from
-            .as_deref()
-            .map_or(Bound::Unbounded, Bound::Included);
-        let to = range
-            .to
-            .as_deref()
-            .map_or(Bound::Unbounded, Bound::Excluded);
-        let since = active_since.as_unix_millis();
-        for entry in table.range::<&str>((from, to)).map_err(unavailable)? {
-            let (k, v) = entry.map_err(unavailable)?;
-            let bytes = v.value();
-            if last_seen(bytes) >= since && visit(k.value(), bytes).is_break() {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    fn partitions(&self, parts: usize) -> Result<Vec<super::IdRange>, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(VISITORS).map_err(unavailable)?;
-        let mut all = table.iter().map_err(unavailable)?;
-        let first = all.next().transpose().map_err(unavailable)?;
-        let last = all.next_back().transpose().map_err(unavailable)?;
-        let ranges = match (first, last) {
-            (Some((a, _)), Some((b, _))) => super::IdRange::split(a.value(), b.value(), parts),
-            _ => vec![super::IdRange::default()],
-        };
-        Ok(ranges)
-    }
-
-    fn scan(
+    async fn scan(
         &self,
         after: Option<&str>,
         active_since: Millis,
         max: usize,
-        max_examined: usize,
     ) -> Result<ScanChunk, StoreError> {
-        use std::ops::Bound;
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(VISITORS).map_err(unavailable)?;
-        let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let since = active_since.as_unix_millis();
-        let mut chunk = ScanChunk::default();
-        let mut examined = 0;
-        let mut range = table
-            .range::<&str>((lower, Bound::Unbounded))
-            .map_err(unavailable)?;
-        loop {
-            if chunk.entries.len() >= max || examined >= max_examined {
-                return Ok(chunk);
-            }
-            let Some(entry) = range.next() else {
-                chunk.done = true;
-                return Ok(chunk);
-            };
-            let (k, v) = entry.map_err(unavailable)?;
-            examined += 1;
-            let key = k.value();
-            let bytes = v.value();
-            if last_seen(bytes) >= since {
-                chunk.entries.push((key.to_string(), bytes.to_vec()));
-            }
-            chunk.last_key = Some(key.to_string());
-        }
+        let db = self.db.clone();
+        let after = after.map(str::to_string);
+        tokio::task::spawn_blocking(move || scan(&db, after.as_deref(), active_since, max))
+            .await
+            .map_err(|e| unavailable(format!("scan task failed: {e}")))?
     }
 
-    fn recent_events(&self, visitor: &VisitorId) -> Result<Vec<StoredEvent>, StoreError> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(EVENTS).map_err(unavailable)?;
-        let v = visitor.as_str();
-        let mut out = Vec::new();
-        for entry in table
-            .range((v, 0u32)..=(v, u32::MAX))
-            .map_err(unavailable)?
-        {
-            let (_, value) = entry.map_err(unavailable)?;
-            let e: StoredEvent =
-                postcard::from_bytes(value.value()).map_err(|e| StoreError::Corrupt {
-                    visitor: v.to_string(),
-                    reason: format!("raw event: {e}"),
-                })?;
-            out.push(e);
+    async fn check(&self) -> Result<(), StoreError> {
+        match &self.jobs {
+            Some(_) if self.writer.as_ref().is_some_and(|w| !w.is_finished()) => Ok(()),
+            _ => Err(unavailable("the store writer stopped")),
         }
-        out.sort_by_key(|e| std::cmp::Reverse(e.seq));
-        Ok(out)
     }
+}
 
-    fn submit(&self, op: WriteOp) -> Ticket {
-        let (reply, ticket) = oneshot::channel();
-        if let Some(jobs) = &self.jobs {
-            // If the writer is gone the reply sender is dropped with the job
-            // and the ticket resolves as "unavailable".
-            let _ = jobs.send(Job { op, reply });
+fn scan(
+    db: &Database,
+    after: Option<&str>,
+    active_since: Millis,
+    max: usize,
+) -> Result<ScanChunk, StoreError> {
+    use std::ops::Bound;
+    let txn = db.begin_read().map_err(unavailable)?;
+    let table = txn.open_table(VISITORS).map_err(unavailable)?;
+    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    let since = active_since.as_unix_millis();
+    let mut chunk = ScanChunk::default();
+    let mut examined = 0;
+    let mut range = table
+        .range::<&str>((lower, Bound::Unbounded))
+        .map_err(unavailable)?;
+    loop {
+        if chunk.entries.len() >= max || examined >= MAX_EXAMINED {
+            return Ok(chunk);
         }
-        ticket
+        let Some(entry) = range.next() else {
+            chunk.done = true;
+            return Ok(chunk);
+        };
+        let (k, v) = entry.map_err(unavailable)?;
+        examined += 1;
+        let key = k.value();
+        let bytes = v.value();
+        if last_seen(bytes) >= since {
+            chunk.entries.push((key.to_string(), bytes.to_vec()));
+        }
+        chunk.last_key = Some(key.to_string());
     }
 }
 
@@ -413,19 +521,13 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            let ops: Vec<&WriteOp> = group.iter().map(|j| &j.op).collect();
-            match self.commit_group(&ops) {
-                Ok(outcomes) => {
-                    for (job, outcome) in group.into_iter().zip(outcomes) {
-                        let _ = job.reply.send(outcome);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, writes = group.len(), "store commit failed");
-                    for job in group {
-                        let _ = job.reply.send(Err(e.clone()));
-                    }
-                }
+            let writes = group.len();
+            let (done, commit) = self.commit_group(group);
+            if let Err(e) = &commit {
+                tracing::error!(error = %e, writes, "store commit failed");
+            }
+            for d in done {
+                d.finish(&commit);
             }
         }
     }
@@ -433,73 +535,98 @@ impl Writer {
     /// One transaction for the whole group. A write that fails on its own
     /// (a corrupt record) fails alone; a storage failure fails them all and
     /// nothing of the group is applied.
-    fn commit_group(
-        &self,
-        ops: &[&WriteOp],
-    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
-        let txn = self.db.begin_write().map_err(unavailable)?;
-        let mut outcomes = Vec::with_capacity(ops.len());
-        {
-            let mut visitors = txn.open_table(VISITORS).map_err(unavailable)?;
-            let mut events = txn.open_table(EVENTS).map_err(unavailable)?;
-            let mut dirty: Dirty = HashMap::new();
-            for op in ops {
-                let outcome = match op {
-                    WriteOp::Track {
-                        visitor,
-                        events: new,
-                        want_record,
-                    } => self.track(
-                        &visitors,
-                        &mut events,
-                        &mut dirty,
-                        visitor,
-                        new,
-                        *want_record,
-                    )?,
-                    WriteOp::Forget { visitor } => {
-                        let existed = match dirty.get(visitor.as_str()) {
-                            Some(r) => r.is_some(),
-                            None => visitors
-                                .get(visitor.as_str())
-                                .map_err(unavailable)?
-                                .is_some(),
-                        };
-                        remove_events(&mut events, visitor.as_str())?;
-                        dirty.insert(visitor.as_str().to_string(), None);
-                        Ok(Outcome::Forgotten { existed })
-                    }
-                    WriteOp::Purge {
-                        inactive_before,
-                        limit,
-                    } => {
-                        flush(&mut visitors, &mut dirty)?;
-                        purge(&mut visitors, &mut events, *inactive_before, *limit).map(Ok)?
-                    }
-                    WriteOp::PutSegment { segment, overwrite } => {
-                        let mut table = txn.open_table(SEGMENTS).map_err(unavailable)?;
-                        let name = segment.name.as_str();
-                        let taken = table.get(name).map_err(unavailable)?.is_some();
-                        if taken && !overwrite {
-                            Ok(Outcome::SegmentNameTaken)
-                        } else {
-                            let bytes = serde_json::to_vec(segment).map_err(unavailable)?;
-                            table.insert(name, bytes.as_slice()).map_err(unavailable)?;
-                            Ok(Outcome::SegmentPut { replaced: taken })
+    fn commit_group(&self, group: Vec<Job>) -> (Vec<Done>, Result<(), StoreError>) {
+        let mut done = Vec::with_capacity(group.len());
+        let mut jobs = group.into_iter();
+        let result = (|| {
+            let txn = self.db.begin_write().map_err(unavailable)?;
+            {
+                let mut visitors = txn.open_table(VISITORS).map_err(unavailable)?;
+                let mut events = txn.open_table(EVENTS).map_err(unavailable)?;
+                let mut segments = txn.open_table(SEGMENTS).map_err(unavailable)?;
+                let mut dirty: Dirty = HashMap::new();
+                for job in jobs.by_ref() {
+                    let d = match job {
+                        Job::Track {
+                            visitor,
+                            events: new,
+                            want_record,
+                            reply,
+                        } => {
+                            let own = self.track(
+                                &visitors,
+                                &mut events,
+                                &mut dirty,
+                                &visitor,
+                                new,
+                                want_record,
+                            )?;
+                            Done::Track(reply, own)
                         }
-                    }
-                    WriteOp::DeleteSegment { name } => {
-                        let mut table = txn.open_table(SEGMENTS).map_err(unavailable)?;
-                        let existed = table.remove(name.as_str()).map_err(unavailable)?.is_some();
-                        Ok(Outcome::SegmentDeleted { existed })
-                    }
-                };
-                outcomes.push(outcome);
+                        Job::Forget { visitor, reply } => {
+                            let existed = match dirty.get(visitor.as_str()) {
+                                Some(r) => r.is_some(),
+                                None => visitors
+                                    .get(visitor.as_str())
+                                    .map_err(unavailable)?
+                                    .is_some(),
+                            };
+                            remove_events(&mut events, visitor.as_str())?;
+                            dirty.insert(visitor.as_str().to_string(), None);
+                            Done::Forget(reply, existed)
+                        }
+                        Job::Purge {
+                            inactive_before,
+                            limit,
+                            reply,
+                        } => {
+                            flush(&mut visitors, &mut dirty)?;
+                            let purged = purge(&mut visitors, &mut events, inactive_before, limit)?;
+                            Done::Purge(reply, purged)
+                        }
+                        Job::PutSegment {
+                            segment,
+                            overwrite,
+                            reply,
+                        } => {
+                            let name = segment.name.as_str();
+                            let taken = segments.get(name).map_err(unavailable)?.is_some();
+                            let outcome = if taken && !overwrite {
+                                SegmentWrite::NameTaken
+                            } else {
+                                let bytes = serde_json::to_vec(&segment).map_err(unavailable)?;
+                                segments
+                                    .insert(name, bytes.as_slice())
+                                    .map_err(unavailable)?;
+                                if taken {
+                                    SegmentWrite::Replaced
+                                } else {
+                                    SegmentWrite::Created
+                                }
+                            };
+                            Done::PutSegment(reply, outcome)
+                        }
+                        Job::DeleteSegment { name, reply } => {
+                            let existed = segments
+                                .remove(name.as_str())
+                                .map_err(unavailable)?
+                                .is_some();
+                            Done::DeleteSegment(reply, existed)
+                        }
+                    };
+                    done.push(d);
+                }
+                flush(&mut visitors, &mut dirty)?;
             }
-            flush(&mut visitors, &mut dirty)?;
+            txn.commit().map_err(unavailable)
+        })();
+        if let Err(e) = &result {
+            // Jobs not reached yet fail with the group.
+            for job in jobs {
+                job.fail(e.clone());
+            }
         }
-        txn.commit().map_err(unavailable)?;
-        Ok(outcomes)
+        (done, result)
     }
 
     /// The inner `Result` is this write's own failure; the outer one fails
@@ -510,9 +637,9 @@ impl Writer {
         events: &mut redb::Table<(&str, u32), &[u8]>,
         dirty: &mut Dirty,
         visitor: &VisitorId,
-        new: &[super::NewEvent],
+        new: Vec<NewEvent>,
         want_record: bool,
-    ) -> Result<Result<Outcome, StoreError>, StoreError> {
+    ) -> Result<Result<Tracked, StoreError>, StoreError> {
         let v = visitor.as_str();
         let current = match dirty.remove(v) {
             Some(r) => r,
@@ -524,13 +651,8 @@ impl Writer {
                 None => None,
             },
         };
-        let mut record = current.unwrap_or_else(|| {
-            let anchor = new
-                .first()
-                .map_or(Millis::from_unix_millis(0), |e| e.event.at);
-            VisitorRecord::new(&self.taxonomy, anchor)
-        });
-        let applied = record.track(&self.taxonomy, new.to_vec(), self.limits.dedup_window);
+        let mut record = current.unwrap_or_else(|| VisitorRecord::first(&self.taxonomy, &new));
+        let applied = record.track(&self.taxonomy, new, self.limits.dedup_window);
         let ring = u64::from(self.limits.recent_events.max(1));
         for e in &applied.stored {
             let slot = (e.seq % ring) as u32;
@@ -539,7 +661,7 @@ impl Writer {
                 .insert((v, slot), bytes.as_slice())
                 .map_err(unavailable)?;
         }
-        let outcome = Outcome::Tracked {
+        let outcome = Tracked {
             accepted: applied.stored.len() as u32,
             duplicates: applied.duplicates,
             record: want_record.then(|| Box::new(record.clone())),
@@ -576,7 +698,7 @@ fn purge(
     events: &mut redb::Table<(&str, u32), &[u8]>,
     inactive_before: Millis,
     limit: usize,
-) -> Result<Outcome, StoreError> {
+) -> Result<Purged, StoreError> {
     let cutoff = inactive_before.as_unix_millis();
     let mut victims = Vec::new();
     let mut more = false;
@@ -594,7 +716,7 @@ fn purge(
         visitors.remove(v.as_str()).map_err(unavailable)?;
         remove_events(events, v)?;
     }
-    Ok(Outcome::Purged {
+    Ok(Purged {
         visitors: victims.len(),
         more,
     })
@@ -657,8 +779,8 @@ mod tests {
         txn.commit().unwrap();
     }
 
-    #[test]
-    fn a_v1_store_is_upgraded_with_timelines_rebuilt_from_raw_events() {
+    #[tokio::test]
+    async fn a_v1_store_is_upgraded_with_timelines_rebuilt_from_raw_events() {
         let taxonomy = Arc::new(Taxonomy::builtin());
         let dir = tempfile::tempdir().unwrap();
         write_v1(dir.path(), &taxonomy);
@@ -671,6 +793,7 @@ mod tests {
         let store = RedbStore::open(dir.path(), taxonomy.clone(), limits).unwrap();
         let record = store
             .load(&crate::domain::VisitorId::parse("old-visitor".into(), 64).unwrap())
+            .await
             .unwrap()
             .expect("kept");
 
@@ -689,6 +812,6 @@ mod tests {
         // Upgraded once: reopening finds v2 and changes nothing.
         drop(store);
         let again = RedbStore::open(dir.path(), taxonomy, limits).unwrap();
-        assert_eq!(again.segments().unwrap(), Vec::new());
+        assert_eq!(again.segments().await.unwrap(), Vec::new());
     }
 }
