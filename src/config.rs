@@ -41,10 +41,19 @@ pub struct Settings {
     pub store: StoreSettings,
 }
 
-/// What the store keeps per visitor, and for how long.
+/// Where visitors are kept, what is kept per visitor, and for how long.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreSettings {
+    /// Empty: the embedded redb store in `data_dir`. `redis://…` or
+    /// `rediss://…`: a shared Redis, so replicas can share visitors; several
+    /// URLs, comma-separated, mean a Redis Cluster.
+    pub url: String,
+    /// Put before every Redis key, so deployments can share one Redis.
+    pub key_prefix: String,
+    /// How long a Redis connection or command may take before the call
+    /// fails as unavailable.
+    pub redis_timeout_ms: u64,
     /// Raw events kept per visitor for GetVisitor and explanations.
     pub recent_events: u32,
     /// Event ids remembered per visitor to drop redeliveries.
@@ -60,6 +69,9 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         StoreSettings {
+            url: String::new(),
+            key_prefix: "rung:".into(),
+            redis_timeout_ms: 2000,
             recent_events: 200,
             dedup_window: 128,
             retention_days: 90.0,
@@ -231,6 +243,34 @@ impl Settings {
             if v == 0 {
                 return invalid(key, "must be at least 1".into());
             }
+        }
+        if !st.url.is_empty() {
+            for one in st.url.split(',').map(str::trim) {
+                if !(one.starts_with("redis://") || one.starts_with("rediss://")) {
+                    return invalid(
+                        "store.url",
+                        format!(
+                            "{:?} is not a redis:// or rediss:// URL (leave store.url empty for the embedded store)",
+                            crate::store::redis_store::redacted(one)
+                        ),
+                    );
+                }
+            }
+        }
+        if st.key_prefix.contains(['{', '}']) {
+            return invalid(
+                "store.key_prefix",
+                format!(
+                    "{:?} must not contain '{{' or '}}' (a Redis hash tag would put every key in one slot)",
+                    st.key_prefix
+                ),
+            );
+        }
+        if !(1..=600_000).contains(&st.redis_timeout_ms) {
+            return invalid(
+                "store.redis_timeout_ms",
+                format!("must be 1 to 600000, got {}", st.redis_timeout_ms),
+            );
         }
         // A day: a slower watch is a misconfiguration (0 turns it off), and
         // the bound keeps the timer's arithmetic far from overflow.

@@ -4,8 +4,10 @@
 //! - [`grpc`]: the gRPC transport — handlers, proto ↔ domain conversions and
 //!   the error → Status table. No scoring logic lives there.
 //! - [`startup`]: loads taxonomy and model, binds, serves until stopped.
-//! - [`engine`]: the facade the transport calls; turns validated queries
-//!   into scores.
+//! - [`engine`]: the facade every front end calls (the only door to the
+//!   store): scores, writes, ingestion streams, audiences, model reloads.
+//! - [`store`]: where visitors are kept — the embedded redb store or a
+//!   shared Redis — behind one trait with one contract.
 //! - [`deploy`]: the serving model — loading artifact files, swapping a new
 //!   model in without dropping a call, watching the file for changes.
 //! - [`audience`]: the segment language and funnel tallies (pure); the

@@ -41,6 +41,11 @@ enum Command {
         /// Where the embedded store keeps its file [default: ./data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A shared Redis (redis://… or rediss://…; several, comma-separated,
+        /// for a Redis Cluster) instead of the embedded store [setting
+        /// store.url].
+        #[arg(long)]
+        store_url: Option<String>,
     },
     /// Load-test a server: closed loop, latency percentiles, errors by code,
     /// server CPU per call, each scenario next to Health/Check.
@@ -69,6 +74,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             log_format,
             data_dir,
+            store_url,
         } => {
             let mut settings = Settings::load(config.as_deref()).context("loading settings")?;
             if let Some(addr) = listen {
@@ -79,6 +85,10 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = data_dir {
                 settings.data_dir = d;
+            }
+            if let Some(url) = store_url {
+                settings.store.url = url;
+                settings.validate().context("checking --store-url")?;
             }
             rung::telemetry::init(settings.log_format, &settings.log_level);
             serve(settings)

@@ -1,6 +1,7 @@
 //! `rung segment ...`: audiences for upload into ad platforms and email
-//! tools, from a running server (gRPC, resuming after a dropped connection)
-//! or straight from a stopped server's data directory.
+//! tools, from a running server (gRPC, resuming after a dropped connection),
+//! straight from a stopped server's data directory, or straight from the
+//! shared Redis running servers use.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -30,13 +31,18 @@ pub struct SourceArgs {
     /// A built-in or saved segment's name.
     pub name: String,
     /// A running server: 127.0.0.1:50051 or http://127.0.0.1:50051.
-    #[arg(long, conflicts_with = "data_dir")]
+    #[arg(long, conflicts_with_all = ["data_dir", "store_url"])]
     pub addr: Option<String>,
     /// A stopped server's data directory, read directly (no server needed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "store_url")]
     pub data_dir: Option<PathBuf>,
+    /// The shared Redis the servers use (redis://…; comma-separated for a
+    /// cluster), read directly while they run; the key prefix comes from
+    /// --config or RUNG_STORE__KEY_PREFIX.
+    #[arg(long)]
+    pub store_url: Option<String>,
     /// The server's settings file, for the taxonomy, model and retention it
-    /// runs with (with --data-dir).
+    /// runs with (with --data-dir or --store-url).
     #[arg(long, env = "RUNG_CONFIG")]
     pub config: Option<PathBuf>,
     /// Evaluate as of this moment (RFC 3339) [default: now].
@@ -139,22 +145,19 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
                 None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
             };
             let mut w = Writer::new(args.format, out);
-            let n = match (&args.source.addr, &args.source.data_dir) {
-                (Some(addr), _) => {
+            let n = match &args.source.addr {
+                Some(addr) => {
                     runtime.block_on(export_remote(&endpoint(addr), &args.source, &mut w))?
                 }
-                (None, Some(dir)) => runtime.block_on(export_local(dir, &args.source, &mut w))?,
-                (None, None) => {
-                    bail!("give --addr (a running server) or --data-dir (a stopped one)")
-                }
+                None => runtime.block_on(export_local(&args.source, &mut w))?,
             };
             w.finish()?;
             eprintln!("{n} members of {}", args.source.name);
             Ok(())
         }
         SegmentCommand::Count(source) => {
-            let n = match (&source.addr, &source.data_dir) {
-                (Some(addr), _) => runtime.block_on(async {
+            let n = match &source.addr {
+                Some(addr) => runtime.block_on(async {
                     let mut client = AudienceServiceClient::connect(endpoint(addr))
                         .await
                         .with_context(|| format!("connecting to {addr}"))?;
@@ -168,15 +171,12 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
                         .map_err(|s| anyhow::anyhow!("{}: {}", code(&s), s.message()))?;
                     anyhow::Ok(r.into_inner().count)
                 })?,
-                (None, Some(dir)) => runtime.block_on(async {
-                    let engine = local_engine(dir, &source).await?;
+                None => runtime.block_on(async {
+                    let engine = local_engine(&source).await?;
                     let def = engine.named_definition(&source.name).await?;
                     let at = as_of(source.as_of.as_deref())?.unwrap_or_else(Millis::now);
                     anyhow::Ok(engine.count_segment(Arc::new(def), at).await?.count)
                 })?,
-                (None, None) => {
-                    bail!("give --addr (a running server) or --data-dir (a stopped one)")
-                }
             };
             println!("{n}");
             Ok(())
@@ -277,26 +277,37 @@ async fn export_remote(addr: &str, src: &SourceArgs, w: &mut Writer) -> anyhow::
     }
 }
 
-async fn local_engine(dir: &std::path::Path, src: &SourceArgs) -> anyhow::Result<Arc<Engine>> {
+/// An engine straight on a store: a stopped server's data directory, or
+/// the shared Redis running servers use.
+async fn local_engine(src: &SourceArgs) -> anyhow::Result<Arc<Engine>> {
     let mut settings = Settings::load(src.config.as_deref()).context("loading settings")?;
-    settings.data_dir = dir.to_path_buf();
-    let engine = rung::startup::build_engine(&settings)
-        .await
-        .with_context(|| {
+    let what = match (&src.data_dir, &src.store_url) {
+        (Some(dir), _) => {
+            settings.data_dir = dir.clone();
+            settings.store.url.clear();
             format!(
                 "opening {} (if a server is running on it, use --addr instead)",
                 dir.display()
             )
-        })?;
+        }
+        (None, Some(url)) => {
+            settings.store.url = url.clone();
+            settings.validate().context("checking --store-url")?;
+            format!(
+                "opening the shared store at {}",
+                rung::store::redis_store::redacted(url)
+            )
+        }
+        (None, None) => bail!(
+            "give --addr (a running server), --data-dir (a stopped one) or --store-url (the shared Redis)"
+        ),
+    };
+    let engine = rung::startup::build_engine(&settings).await.context(what)?;
     Ok(Arc::new(engine))
 }
 
-async fn export_local(
-    dir: &std::path::Path,
-    src: &SourceArgs,
-    w: &mut Writer,
-) -> anyhow::Result<u64> {
-    let engine = local_engine(dir, src).await?;
+async fn export_local(src: &SourceArgs, w: &mut Writer) -> anyhow::Result<u64> {
+    let engine = local_engine(src).await?;
     let definition = Arc::new(engine.named_definition(&src.name).await?);
     let at = as_of(src.as_of.as_deref())?.unwrap_or_else(Millis::now);
     let mut members = engine.export(ExportQuery {

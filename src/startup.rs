@@ -20,7 +20,7 @@ use crate::grpc::proto::intent_service_server::IntentServiceServer;
 use crate::grpc::proto::model_service_server::ModelServiceServer;
 use crate::grpc::{proto, AudienceApi, IntentApi, ModelApi};
 use crate::scoring::Model;
-use crate::store::{RedbStore, StoreError, StoreLimits};
+use crate::store::{RedbStore, RedisSettings, RedisStore, Store, StoreError, StoreLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -63,8 +63,38 @@ pub fn load_model(path: &Path, taxonomy: &Taxonomy) -> Result<Model, StartupErro
     Ok(deploy::load(path, taxonomy)?.model)
 }
 
-/// The engine the settings describe, over the embedded store in
-/// `settings.data_dir`.
+/// The store the settings name: the embedded redb store in `data_dir`, or
+/// the shared Redis at `store.url`.
+pub async fn open_store(
+    settings: &Settings,
+    taxonomy: Arc<Taxonomy>,
+) -> Result<Arc<dyn Store>, StartupError> {
+    let st = &settings.store;
+    let limits = StoreLimits {
+        recent_events: st.recent_events,
+        dedup_window: st.dedup_window,
+        max_group: st.max_group,
+    };
+    if st.url.is_empty() {
+        let store = RedbStore::open(&settings.data_dir, taxonomy, limits)?;
+        tracing::info!(data_dir = %settings.data_dir.display(), "store opened");
+        return Ok(Arc::new(store));
+    }
+    let redis = RedisSettings {
+        url: st.url.clone(),
+        key_prefix: st.key_prefix.clone(),
+        timeout: std::time::Duration::from_millis(st.redis_timeout_ms),
+    };
+    let store = RedisStore::open(&redis, taxonomy, limits).await?;
+    tracing::info!(
+        url = %crate::store::redis_store::redacted(&st.url),
+        key_prefix = %st.key_prefix,
+        "shared store opened"
+    );
+    Ok(Arc::new(store))
+}
+
+/// The engine the settings describe.
 pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
     let taxonomy = Arc::new(load_taxonomy(settings.taxonomy.as_deref())?);
     let model = deploy::load(&settings.model, &taxonomy)?;
@@ -75,20 +105,11 @@ pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
         path = %model.path.display(),
         "model loaded"
     );
-    let store = RedbStore::open(
-        &settings.data_dir,
-        taxonomy.clone(),
-        StoreLimits {
-            recent_events: settings.store.recent_events,
-            dedup_window: settings.store.dedup_window,
-            max_group: settings.store.max_group,
-        },
-    )?;
-    tracing::info!(data_dir = %settings.data_dir.display(), "store opened");
+    let store = open_store(settings, taxonomy.clone()).await?;
     Ok(Engine::new(
         taxonomy,
         model,
-        Arc::new(store),
+        store,
         EngineSettings {
             scoring: settings.scoring.clone(),
             bands: settings.bands.clone(),
@@ -136,6 +157,76 @@ async fn model_watch_loop(engine: Arc<Engine>, every: std::time::Duration) {
         }
     }
 }
+
+/// Follows the models other replicas announce through the shared store:
+/// each is loaded from the same path unless it already serves.
+async fn model_notes_loop(
+    engine: Arc<Engine>,
+    mut notes: tokio::sync::mpsc::Receiver<crate::store::ModelNote>,
+) {
+    while let Some(note) = notes.recv().await {
+        if let Err(e) = engine.follow_model(&note) {
+            tracing::error!(
+                error = %e,
+                version = %note.version,
+                path = %note.path.display(),
+                "a model another replica announced was refused; the serving model stays"
+            );
+        }
+    }
+}
+
+/// Asks the store every `every` whether it answers, and says so through
+/// the health service: NOT_SERVING while it does not (a shared Redis that
+/// went away), SERVING again once it does, without a restart.
+async fn store_health_loop(
+    engine: Arc<Engine>,
+    health: tonic_health::server::HealthReporter,
+    every: std::time::Duration,
+) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut up = true;
+    loop {
+        ticks.tick().await;
+        let now_up = match engine.check_store().await {
+            Ok(()) => true,
+            Err(e) => {
+                if up {
+                    tracing::error!(error = %e, "the store does not answer; health is NOT_SERVING until it does");
+                }
+                false
+            }
+        };
+        if now_up == up {
+            continue;
+        }
+        up = now_up;
+        let status = if up {
+            tracing::info!("the store answers again; health is SERVING");
+            tonic_health::ServingStatus::Serving
+        } else {
+            tonic_health::ServingStatus::NotServing
+        };
+        // The model service needs no store: it keeps serving.
+        health.set_service_status("", status).await;
+        health
+            .set_service_status(
+                <IntentServiceServer<IntentApi> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        health
+            .set_service_status(
+                <AudienceServiceServer<AudienceApi> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+    }
+}
+
+/// How often the store is asked whether it answers.
+const STORE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A bound, ready server.
 pub struct Application {
@@ -196,6 +287,15 @@ impl Application {
         let model_watch = self
             .model_watch_every
             .map(|every| tokio::spawn(model_watch_loop(self.engine.clone(), every)));
+        let model_notes = self
+            .engine
+            .model_announcements()
+            .map(|notes| tokio::spawn(model_notes_loop(self.engine.clone(), notes)));
+        let store_health = tokio::spawn(store_health_loop(
+            self.engine.clone(),
+            health.clone(),
+            STORE_CHECK_EVERY,
+        ));
         let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
         tracing::info!(addr = %self.local_addr, "serving");
         let result = Server::builder()
@@ -213,7 +313,11 @@ impl Application {
             .await;
         // The background tasks hold the engine (and so the store): end them,
         // so the store closes, and its file lock goes, before we return.
-        for task in std::iter::once(purge).chain(model_watch) {
+        for task in [purge, store_health]
+            .into_iter()
+            .chain(model_watch)
+            .chain(model_notes)
+        {
             task.abort();
             let _ = task.await;
         }

@@ -17,7 +17,7 @@ use crate::deploy::{DeployError, Deployed, ModelSlot, ModelState, ModelWatch, Po
 use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
 use crate::scoring::{self, rebuild, Band, Ladder, Model, Observation};
-use crate::store::{Store, StoreError, VisitorRecord};
+use crate::store::{ModelNote, Store, StoreError, VisitorRecord};
 
 pub use ingest::{Ingest, IngestSummary, Rejection};
 
@@ -169,12 +169,37 @@ impl Engine {
         self.model.state()
     }
 
-    /// Re-reads the serving model's file, or `path`, and swaps the model in.
+    /// Re-reads the serving model's file, or `path`, and swaps the model in,
+    /// then tells the replicas sharing the store, which load the same file.
     /// A refused artifact changes nothing: the serving model stays.
-    pub fn reload_model(&self, path: Option<&Path>) -> Result<Swap, EngineError> {
+    pub async fn reload_model(&self, path: Option<&Path>) -> Result<Swap, EngineError> {
         let swap = self.model.reload(path)?;
         log_swap(&swap, "reload requested");
+        if let Err(e) = self
+            .store
+            .announce_model(swap.current.version(), &swap.current.path)
+            .await
+        {
+            // This replica serves the new model; the others still have their
+            // own file watch.
+            tracing::warn!(error = %e, "the new model could not be announced to other replicas");
+        }
         Ok(swap)
+    }
+
+    /// Models other replicas announce through the shared store, if any.
+    pub fn model_announcements(&self) -> Option<tokio::sync::mpsc::Receiver<ModelNote>> {
+        self.store.model_announcements()
+    }
+
+    /// Loads the model another replica announced, unless it already serves.
+    pub fn follow_model(&self, note: &ModelNote) -> Result<Option<Swap>, EngineError> {
+        if self.model.current().version() == note.version {
+            return Ok(None);
+        }
+        let swap = self.model.reload(Some(&note.path))?;
+        log_swap(&swap, "announced by another replica");
+        Ok(Some(swap))
     }
 
     /// Remembers the serving model's file, for [`Engine::poll_model_file`].

@@ -39,7 +39,7 @@ impl ModelService for ModelApi {
         let path = convert::model_path(request.into_inner().path)?;
         // Reads one small file on this thread, as Score reads the store: a
         // rare operator call is not worth a blocking-pool hop.
-        let swap = self.engine.reload_model(path.as_deref())?;
+        let swap = self.engine.reload_model(path.as_deref()).await?;
         Ok(Response::new(convert::reload_response(&swap)))
     }
 }

@@ -1,10 +1,13 @@
 //! Where visitors are remembered. [`Store`] is the seam every backend fills:
-//! the embedded [`redb`](redb_store) store now, a shared one (Redis) later.
-//! Backends keep [`VisitorRecord`]s and a ring of recent raw events; what a
-//! write does to a record is pure code in [`record`], shared by all of them.
+//! the embedded [`redb`](redb_store) store (one process, one file), and the
+//! shared [`Redis`](redis_store) store (any number of replicas, one Redis or
+//! a Redis Cluster). Backends keep [`VisitorRecord`]s and a ring of recent
+//! raw events; what a write does to a record is pure code in [`record`],
+//! shared by all of them.
 
 pub mod record;
 pub mod redb_store;
+pub mod redis_store;
 
 use std::path::{Path, PathBuf};
 
@@ -15,6 +18,7 @@ use crate::domain::{Millis, NewEvent, StoredEvent, VisitorId};
 
 pub use record::{RecordView, VisitorRecord};
 pub use redb_store::RedbStore;
+pub use redis_store::{RedisSettings, RedisStore};
 
 /// Backend-neutral store failures.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -1,5 +1,6 @@
 //! Test helpers: the real server on an ephemeral port, and a real client.
 #![allow(dead_code)]
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,16 @@ pub fn test_settings() -> Settings {
         data_dir: fresh_data_dir(),
         ..Settings::default()
     }
+}
+
+/// Settings for a replica on the Redis at `url`, under `key_prefix`
+/// (replicas of one deployment share a prefix; tests each take their own).
+pub fn redis_settings(url: &str, key_prefix: &str) -> Settings {
+    let mut s = test_settings();
+    s.store.url = url.to_string();
+    s.store.key_prefix = key_prefix.to_string();
+    s.store.redis_timeout_ms = 1000;
+    s
 }
 
 pub struct TestApp {

@@ -1,0 +1,1236 @@
+//! The shared store: visitors in Redis — one server, or a Redis Cluster —
+//! so any number of stateless `rung serve` replicas give the answers one
+//! process gives. Redis does the sharing; rung keeps no state of its own.
+//!
+//! Keys (P is `store.key_prefix`, `{…}` a Redis hash tag):
+//! - `P{id}:r`: a hash with the visitor's record (`rec`, encoded as every
+//!   backend encodes it, [`record::encode`]) and `ver`, a random token that
+//!   changes with every write;
+//! - `P{id}:e`: a hash of the raw-event ring, ring slot → encoded event;
+//! - `P{t}:seen`: for each of the 16,384 hash slots, a sorted set of the
+//!   visitors in that slot scored by last-seen time, `t` being a tag that
+//!   hashes to that very slot. It lets scans skip inactive visitors without
+//!   reading them, and, sharing the slot, it is updated in the same atomic
+//!   script as the record;
+//! - `Psegments` (saved segments by name), `Pmeta` (format and taxonomy),
+//!   `Ppurge-lease`, and the pub/sub channel `Pmodel`.
+//!
+//! `id` is the visitor id with `%`, `{` and `}` percent-encoded, so the tag
+//! is always the whole id and all of one visitor's keys share its slot.
+//!
+//! Writes: a visitor's new record is computed here by the same pure code as
+//! in redb ([`VisitorRecord::track`]) and written back by a script only if
+//! `ver` is still what was read (optimistic concurrency); on a conflict the
+//! script returns the current record and the write is computed again. Writes
+//! go through lanes, one task each, chosen by visitor: a lane takes all the
+//! writes queued while its last batch ran, folds each visitor's writes into
+//! one read and one conditional write (group commit per visitor), and runs
+//! the visitors of a batch concurrently. So writes to one visitor through
+//! one replica apply in the order they were made, and two replicas writing
+//! the same visitor never lose an update.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use futures_util::future::join_all;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::mpsc;
+
+use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy, VisitorId};
+
+use super::record::{decode as decode_record, encode as encode_record, last_seen};
+use super::{
+    ModelNote, Purged, Reply, SavedSegment, ScanChunk, SegmentWrite, Snapshot, Store, StoreError,
+    StoreLimits, Ticket, Tracked, VisitorRecord,
+};
+
+/// What `Pmeta` says the keys hold.
+const FORMAT: &str = "rung.redis.v1";
+/// Redis Cluster's hash slots.
+const SLOTS: u16 = 16_384;
+/// Index sets asked for at once by scans and purges.
+const SLOT_BATCH: u16 = 1024;
+/// Write lanes per replica.
+const LANES: usize = 32;
+/// Conditional writes tried before a write gives up as unavailable.
+const MAX_ATTEMPTS: u32 = 64;
+/// How long one replica holds the purge lease.
+const PURGE_LEASE_MS: u64 = 10 * 60 * 1000;
+
+/// How to reach Redis and how to name keys there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RedisSettings {
+    /// `redis://[user:password@]host:port/db` or `rediss://…`; several,
+    /// comma-separated, mean a Redis Cluster.
+    pub url: String,
+    /// Put before every key, so deployments can share one Redis.
+    pub key_prefix: String,
+    /// Longest wait for a connection or an answer before a call fails.
+    pub timeout: Duration,
+}
+
+/// The URL with any password hidden: safe for logs and error messages.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let one = one.trim();
+            let Some(scheme_end) = one.find("://") else {
+                return one.to_string();
+            };
+            let rest = &one[scheme_end + 3..];
+            match rest.find('@') {
+                Some(at) => {
+                    let user = rest[..at].split(':').next().unwrap_or("");
+                    let hidden = if rest[..at].contains(':') {
+                        format!("{user}:***")
+                    } else {
+                        "***".to_string()
+                    };
+                    format!("{}{hidden}{}", &one[..scheme_end + 3], &rest[at..])
+                }
+                None => one.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The hash tag of a visitor's keys: the id with `%`, `{`, `}` encoded.
+fn tag(visitor: &str) -> std::borrow::Cow<'_, str> {
+    if !visitor.contains(['%', '{', '}']) {
+        return visitor.into();
+    }
+    let mut out = String::with_capacity(visitor.len() + 8);
+    for c in visitor.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Redis Cluster's hash slot of a key whose tag is `tag`.
+fn slot_of_tag(tag: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % SLOTS
+}
+
+/// For each hash slot, a short tag that hashes to it (the first decimal
+/// number that does): every replica computes the same table.
+fn slot_tags() -> &'static [String] {
+    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
+    TAGS.get_or_init(|| {
+        let mut tags: Vec<Option<String>> = vec![None; SLOTS as usize];
+        let mut missing = SLOTS as usize;
+        let mut n = 0u64;
+        while missing > 0 {
+            let t = n.to_string();
+            let s = slot_of_tag(&t) as usize;
+            if tags[s].is_none() {
+                tags[s] = Some(t);
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags.into_iter().map(|t| t.unwrap_or_default()).collect()
+    })
+}
+
+/// Key names under one prefix.
+#[derive(Debug, Clone)]
+struct Keys {
+    prefix: String,
+}
+
+impl Keys {
+    fn record(&self, visitor: &str) -> String {
+        format!("{}{{{}}}:r", self.prefix, tag(visitor))
+    }
+
+    fn ring(&self, visitor: &str) -> String {
+        format!("{}{{{}}}:e", self.prefix, tag(visitor))
+    }
+
+    /// The index set of a hash slot.
+    fn seen(&self, slot: u16) -> String {
+        format!("{}{{{}}}:seen", self.prefix, slot_tags()[slot as usize])
+    }
+
+    /// The index set holding this visitor.
+    fn seen_of(&self, visitor: &str) -> String {
+        self.seen(slot_of(visitor))
+    }
+
+    fn segments(&self) -> String {
+        format!("{}segments", self.prefix)
+    }
+
+    fn meta(&self) -> String {
+        format!("{}meta", self.prefix)
+    }
+
+    fn purge_lease(&self) -> String {
+        format!("{}purge-lease", self.prefix)
+    }
+
+    fn model_channel(&self) -> String {
+        format!("{}model", self.prefix)
+    }
+}
+
+/// The hash slot of a visitor's keys: the order scans walk in.
+fn slot_of(visitor: &str) -> u16 {
+    slot_of_tag(&tag(visitor))
+}
+
+/// One connection to one server, or to a cluster; both multiplex many
+/// concurrent calls over few sockets and reconnect by themselves.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Writes `rec` (and the ring) only if `ver` is still what the writer read.
+/// KEYS: record, ring, index. ARGV: expected ver ('' for none), new ver,
+/// '1' to erase first (a Forget), new record ('' for none), its last-seen
+/// score, the visitor id, then ring slot/event pairs.
+/// Returns {1} on success, {0, rec, ver} on a conflict.
+const WRITE: &str = r"
+local ver = redis.call('HGET', KEYS[1], 'ver') or ''
+if ver ~= ARGV[1] then
+  return {0, redis.call('HGET', KEYS[1], 'rec') or '', ver}
+end
+if ARGV[3] == '1' then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[6])
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', ARGV[2])
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
+  for i = 7, #ARGV, 2 do
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return {1}
+";
+
+/// The record and the ring, read together. KEYS: record, ring.
+const SNAPSHOT: &str = r"
+return {redis.call('HGET', KEYS[1], 'rec') or '', redis.call('HGETALL', KEYS[2])}
+";
+
+/// Erases a visitor if it is still inactive. KEYS: record, ring, index.
+/// ARGV: visitor id, cutoff. Returns 1 when erased.
+const PURGE: &str = r"
+local seen = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if seen and tonumber(seen) < tonumber(ARGV[2]) then
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  return 1
+end
+return 0
+";
+
+struct Scripts {
+    write: Script,
+    snapshot: Script,
+    purge: Script,
+}
+
+/// What the lanes and the reads share.
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    taxonomy: Arc<Taxonomy>,
+    limits: StoreLimits,
+    scripts: Scripts,
+    /// This replica's random id: its purge lease, its model notes.
+    replica: String,
+    /// The URL with the password hidden.
+    url: String,
+    /// Conditional writes that found another replica had written first.
+    conflicts: AtomicU64,
+}
+
+pub struct RedisStore {
+    inner: Arc<Inner>,
+    lanes: Vec<mpsc::UnboundedSender<Job>>,
+    /// Model notes from other replicas, until someone takes them.
+    notes: Mutex<Option<mpsc::Receiver<ModelNote>>>,
+    subscriber: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        self.subscriber.abort();
+    }
+}
+
+/// A write queued on a lane.
+struct Job {
+    visitor: VisitorId,
+    kind: JobKind,
+}
+
+/// A write and, once planned, what it did.
+enum JobKind {
+    Track {
+        events: Vec<NewEvent>,
+        want_record: bool,
+        reply: Reply<Tracked>,
+        done: Option<Result<Tracked, StoreError>>,
+    },
+    Forget {
+        reply: Reply<bool>,
+        existed: bool,
+    },
+}
+
+impl JobKind {
+    fn fail(self, e: StoreError) {
+        // A caller that went away no longer wants the answer.
+        let _ = match self {
+            JobKind::Track { reply, .. } => reply.send(Err(e)).is_ok(),
+            JobKind::Forget { reply, .. } => reply.send(Err(e)).is_ok(),
+        };
+    }
+
+    /// Answers with what the last plan found (the plan was written).
+    fn finish(self) {
+        let _ = match self {
+            JobKind::Track { reply, done, .. } => reply
+                .send(done.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable("the write was not planned".into()))
+                }))
+                .is_ok(),
+            JobKind::Forget { reply, existed } => reply.send(Ok(existed)).is_ok(),
+        };
+    }
+}
+
+/// A Redis failure as the engine sees it. Every one is "unavailable": the
+/// call may be retried once Redis answers again.
+fn unavailable(url: &str, e: &RedisError) -> StoreError {
+    StoreError::Unavailable(format!("Redis at {url}: {}", describe(e)))
+}
+
+/// A short account of a Redis error that says what to check.
+fn describe(e: &RedisError) -> String {
+    let auth = matches!(e.code(), Some("NOAUTH" | "WRONGPASS"));
+    match e.kind() {
+        _ if auth || e.kind() == ErrorKind::AuthenticationFailed => {
+            format!("the credentials were refused ({e}); check the user and password in store.url")
+        }
+        ErrorKind::Parse => format!(
+            "the server did not answer as Redis does ({e}); is the host and port that of a Redis server?"
+        ),
+        _ if e.is_timeout() => format!(
+            "no answer in time ({e}); is the host and port that of a Redis server, and is it up?"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+impl RedisStore {
+    /// Connects, checks that the keys under the prefix hold visitors of this
+    /// taxonomy (or none yet), and starts the write lanes and the model
+    /// subscriber. Must be called inside a tokio runtime.
+    pub async fn open(
+        settings: &RedisSettings,
+        taxonomy: Arc<Taxonomy>,
+        limits: StoreLimits,
+    ) -> Result<RedisStore, StoreError> {
+        let url = redacted(&settings.url);
+        if settings.key_prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!(
+                "store.key_prefix {:?} must not contain '{{' or '}}' (they would put every key in one hash slot)",
+                settings.key_prefix
+            )));
+        }
+        let urls: Vec<&str> = settings
+            .url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        let refused = |e: RedisError| {
+            StoreError::Unavailable(format!("cannot use Redis at {url}: {}", describe(&e)))
+        };
+        let (conn, pubsub_client) = if urls.len() == 1 {
+            let client = redis::Client::open(urls[0]).map_err(refused)?;
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(settings.timeout))
+                .set_response_timeout(Some(settings.timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_secs(1));
+            let manager = tokio::time::timeout(
+                settings.timeout * 3,
+                ConnectionManager::new_with_config(client.clone(), config),
+            )
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!(
+                    "cannot use Redis at {url}: no answer within {:?}",
+                    settings.timeout * 3
+                ))
+            })?
+            .map_err(refused)?;
+            (Conn::Single(manager), client)
+        } else {
+            let cluster = redis::cluster::ClusterClient::builder(urls.clone())
+                .connection_timeout(settings.timeout)
+                .response_timeout(settings.timeout)
+                .retries(2)
+                .build()
+                .map_err(refused)?;
+            let conn = tokio::time::timeout(settings.timeout * 3, cluster.get_async_connection())
+                .await
+                .map_err(|_| {
+                    StoreError::Unavailable(format!(
+                        "cannot use Redis Cluster at {url}: no answer within {:?}",
+                        settings.timeout * 3
+                    ))
+                })?
+                .map_err(refused)?;
+            // Pub/sub messages reach every node of a cluster: one node will do.
+            (
+                Conn::Cluster(conn),
+                redis::Client::open(urls[0]).map_err(refused)?,
+            )
+        };
+        let inner = Arc::new(Inner {
+            conn,
+            keys: Keys {
+                prefix: settings.key_prefix.clone(),
+            },
+            taxonomy,
+            limits,
+            scripts: Scripts {
+                write: Script::new(WRITE),
+                snapshot: Script::new(SNAPSHOT),
+                purge: Script::new(PURGE),
+            },
+            replica: format!("{:016x}", rand::random::<u64>()),
+            url: url.clone(),
+            conflicts: AtomicU64::new(0),
+        });
+        inner.check_meta().await?;
+        // Forces the slot table now, not on the first call.
+        let _ = slot_tags();
+        let lanes = (0..LANES)
+            .map(|_| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(lane(inner.clone(), rx));
+                tx
+            })
+            .collect();
+        let (notes_tx, notes_rx) = mpsc::channel(16);
+        let subscriber = tokio::spawn(subscribe(
+            pubsub_client,
+            inner.keys.model_channel(),
+            inner.replica.clone(),
+            url,
+            notes_tx,
+        ));
+        Ok(RedisStore {
+            inner,
+            lanes,
+            notes: Mutex::new(Some(notes_rx)),
+            subscriber,
+        })
+    }
+
+    /// Writes that had to be computed again because another replica wrote
+    /// the same visitor first (since this store was opened).
+    pub fn conflicts(&self) -> u64 {
+        self.inner.conflicts.load(Ordering::Relaxed)
+    }
+
+    fn lane(&self, visitor: &VisitorId) -> &mpsc::UnboundedSender<Job> {
+        let h = crate::domain::event::stable_hash(visitor.as_str());
+        &self.lanes[(h % self.lanes.len() as u64) as usize]
+    }
+
+    fn enqueue(&self, job: Job) {
+        if let Err(mpsc::error::SendError(job)) = self.lane(&job.visitor).send(job) {
+            job.kind.fail(StoreError::Unavailable(
+                "the store's writers stopped".into(),
+            ));
+        }
+    }
+}
+
+impl Inner {
+    fn unavailable(&self, e: &RedisError) -> StoreError {
+        unavailable(&self.url, e)
+    }
+
+    fn conn(&self) -> Conn {
+        self.conn.clone()
+    }
+
+    /// Claims the keys for this taxonomy, or refuses keys of another one.
+    async fn check_meta(&self) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let meta = self.keys.meta();
+        let fingerprint = self.taxonomy.fingerprint();
+        let (format, stored): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("HSETNX")
+            .arg(&meta)
+            .arg("format")
+            .arg(FORMAT)
+            .ignore()
+            .cmd("HSETNX")
+            .arg(&meta)
+            .arg("taxonomy")
+            .arg(fingerprint)
+            .ignore()
+            .cmd("HGET")
+            .arg(&meta)
+            .arg("format")
+            .cmd("HGET")
+            .arg(&meta)
+            .arg("taxonomy")
+            .query_async(&mut c)
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot use Redis at {}: {}",
+                    self.url,
+                    describe(&e)
+                ))
+            })?;
+        if format.as_deref() != Some(FORMAT) {
+            return Err(StoreError::Incompatible(format!(
+                "Redis at {} holds keys under prefix {:?} in format {:?}; this build reads {FORMAT:?}",
+                self.url, self.keys.prefix, format
+            )));
+        }
+        let stored = stored.unwrap_or_default();
+        if stored != fingerprint {
+            return Err(StoreError::Incompatible(format!(
+                "Redis at {} (key prefix {:?}) holds visitors aggregated under taxonomy {stored}, but the running taxonomy is {fingerprint}; \
+                 use another store.key_prefix (or the taxonomy they were written with)",
+                self.url, self.keys.prefix
+            )));
+        }
+        Ok(())
+    }
+
+    fn decode(&self, visitor: &str, bytes: &[u8]) -> Result<VisitorRecord, StoreError> {
+        decode_record(visitor, bytes, &self.taxonomy)
+    }
+
+    async fn load(&self, visitor: &str) -> Result<Option<VisitorRecord>, StoreError> {
+        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.record(visitor))
+            .arg("rec")
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        bytes.map(|b| self.decode(visitor, &b)).transpose()
+    }
+
+    /// Applies one visitor's queued writes, in order, with one read and one
+    /// conditional write (more only on conflicts with other replicas).
+    async fn apply(&self, visitor: VisitorId, mut jobs: Vec<JobKind>) {
+        let v = visitor.as_str();
+        let keys = [self.keys.record(v), self.keys.ring(v), self.keys.seen_of(v)];
+        let mut c = self.conn();
+        // The state as read: the record's bytes ('' for none) and its token.
+        let read: Result<(Option<Vec<u8>>, Option<String>), RedisError> = redis::cmd("HMGET")
+            .arg(&keys[0])
+            .arg("rec")
+            .arg("ver")
+            .query_async(&mut c)
+            .await;
+        let (mut bytes, mut ver) = match read {
+            Ok((b, v)) => (b.unwrap_or_default(), v.unwrap_or_default()),
+            Err(e) => {
+                let e = self.unavailable(&e);
+                for j in jobs {
+                    j.fail(e.clone());
+                }
+                return;
+            }
+        };
+        for attempt in 1..=MAX_ATTEMPTS {
+            let plan = self.plan(v, &bytes, &mut jobs);
+            if !plan.write {
+                // Nothing changes (redeliveries only): nothing to write.
+                jobs.into_iter().for_each(JobKind::finish);
+                return;
+            }
+            let new_ver = format!("{:016x}", rand::random::<u64>());
+            let mut call = self.scripts.write.prepare_invoke();
+            call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
+            call.arg(&ver)
+                .arg(&new_ver)
+                .arg(if plan.erase_first { "1" } else { "0" })
+                .arg(plan.record_bytes.as_deref().unwrap_or(&[]))
+                .arg(plan.last_seen)
+                .arg(v);
+            for (slot, event) in &plan.ring {
+                call.arg(*slot).arg(event.as_slice());
+            }
+            let answer: Result<Vec<Value>, RedisError> = call.invoke_async(&mut c).await;
+            match answer {
+                Ok(values) if matches!(values.first(), Some(Value::Int(1))) => {
+                    jobs.into_iter().for_each(JobKind::finish);
+                    return;
+                }
+                Ok(values) => {
+                    // Another replica wrote in between: compute again on
+                    // what it left.
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                    bytes = match values.get(1) {
+                        Some(Value::BulkString(b)) => b.clone(),
+                        _ => Vec::new(),
+                    };
+                    ver = match values.get(2) {
+                        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                        _ => String::new(),
+                    };
+                    if attempt % 8 == 0 {
+                        // Back off a little under heavy contention.
+                        let jitter = rand::random::<u64>() % (200 * u64::from(attempt));
+                        tokio::time::sleep(Duration::from_micros(jitter)).await;
+                    }
+                }
+                Err(e) => {
+                    // Not known to be applied: the caller may retry (event
+                    // ids make a retry of an applied Track a duplicate).
+                    let e = self.unavailable(&e);
+                    for j in jobs {
+                        j.fail(e.clone());
+                    }
+                    return;
+                }
+            }
+        }
+        tracing::error!(visitor_id = %visitor, attempts = MAX_ATTEMPTS, "write gave up after repeated conflicts");
+        for j in jobs {
+            j.fail(StoreError::Unavailable(format!(
+                "too many concurrent writers on visitor {visitor:?}; retry"
+            )));
+        }
+    }
+
+    /// What a visitor's jobs do to the state read (`bytes`, empty for
+    /// none); each job notes its own outcome.
+    fn plan(&self, visitor: &str, bytes: &[u8], jobs: &mut [JobKind]) -> Plan {
+        let mut record: Result<Option<VisitorRecord>, StoreError> = if bytes.is_empty() {
+            Ok(None)
+        } else {
+            self.decode(visitor, bytes).map(Some)
+        };
+        let ring_size = u64::from(self.limits.recent_events.max(1));
+        let mut plan = Plan {
+            write: false,
+            erase_first: false,
+            record_bytes: None,
+            last_seen: 0,
+            ring: Vec::new(),
+        };
+        let mut ring: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut changed = false;
+        for job in jobs.iter_mut() {
+            match job {
+                JobKind::Track {
+                    events,
+                    want_record,
+                    done,
+                    ..
+                } => match &mut record {
+                    Err(e) => *done = Some(Err(e.clone())),
+                    Ok(current) => {
+                        // As in redb, a first Track creates the visitor even
+                        // if it brings nothing new.
+                        changed |= current.is_none();
+                        let r = current
+                            .get_or_insert_with(|| VisitorRecord::first(&self.taxonomy, events));
+                        let applied =
+                            r.track(&self.taxonomy, events.clone(), self.limits.dedup_window);
+                        changed |= !applied.stored.is_empty();
+                        for e in &applied.stored {
+                            let slot = (e.seq % ring_size) as u32;
+                            match postcard::to_stdvec(e) {
+                                Ok(b) => {
+                                    ring.insert(slot, b);
+                                }
+                                Err(err) => {
+                                    tracing::error!(error = %err, "cannot encode a raw event");
+                                }
+                            }
+                        }
+                        *done = Some(Ok(Tracked {
+                            accepted: applied.stored.len() as u32,
+                            duplicates: applied.duplicates,
+                            record: want_record.then(|| Box::new(r.clone())),
+                        }));
+                    }
+                },
+                JobKind::Forget { existed, .. } => {
+                    *existed = !matches!(record, Ok(None));
+                    record = Ok(None);
+                    ring.clear();
+                    plan.erase_first = true;
+                    changed = false;
+                }
+            }
+        }
+        plan.write = changed || plan.erase_first;
+        if let (true, Ok(Some(r))) = (changed, &record) {
+            match encode_record(r) {
+                Ok(b) => {
+                    plan.last_seen = last_seen(&b);
+                    plan.record_bytes = Some(b);
+                }
+                Err(e) => {
+                    // Nothing of these Tracks is written.
+                    for job in jobs.iter_mut() {
+                        if let JobKind::Track { done, .. } = job {
+                            *done = Some(Err(e.clone()));
+                        }
+                    }
+                    plan.write = plan.erase_first;
+                    ring.clear();
+                }
+            }
+        }
+        let mut ring: Vec<(u32, Vec<u8>)> = ring.into_iter().collect();
+        ring.sort_by_key(|(slot, _)| *slot);
+        plan.ring = ring;
+        plan
+    }
+
+    /// Reads one index set: the visitors of a slot last seen at or after
+    /// `since` (all of them for `i64::MIN`), or before `before`.
+    async fn index(&self, slot: u16, range: IndexRange) -> Result<Vec<String>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGEBYSCORE");
+        cmd.arg(self.keys.seen(slot));
+        match range {
+            IndexRange::Since(since) => {
+                if since == i64::MIN {
+                    cmd.arg("-inf");
+                } else {
+                    cmd.arg(since);
+                }
+                cmd.arg("+inf");
+            }
+            IndexRange::Before(cutoff, limit) => {
+                cmd.arg("-inf")
+                    .arg(format!("({cutoff}"))
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+            }
+        }
+        cmd.query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.unavailable(&e))
+    }
+}
+
+#[derive(Clone, Copy)]
+enum IndexRange {
+    Since(i64),
+    /// Last seen before the cutoff; at most this many.
+    Before(i64, usize),
+}
+
+/// One conditional write for a visitor's queued jobs.
+struct Plan {
+    /// Whether anything is to be written at all.
+    write: bool,
+    erase_first: bool,
+    /// The record to write; `None` leaves it (or, after an erase, none).
+    record_bytes: Option<Vec<u8>>,
+    last_seen: i64,
+    ring: Vec<(u32, Vec<u8>)>,
+}
+
+/// A lane: takes the writes queued while its last batch ran, groups them
+/// by visitor (keeping their order) and applies the groups concurrently.
+async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let max = inner.limits.max_group.max(1);
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < max {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut order: Vec<VisitorId> = Vec::new();
+        let mut groups: HashMap<VisitorId, Vec<JobKind>> = HashMap::new();
+        for job in batch {
+            let group = groups.entry(job.visitor.clone()).or_insert_with(|| {
+                order.push(job.visitor.clone());
+                Vec::new()
+            });
+            group.push(job.kind);
+        }
+        let applies = order.into_iter().map(|v| {
+            let jobs = groups.remove(&v).unwrap_or_default();
+            inner.apply(v, jobs)
+        });
+        join_all(applies).await;
+    }
+}
+
+/// Listens on the model channel (reconnecting as needed) and passes on the
+/// notes of other replicas.
+async fn subscribe(
+    client: redis::Client,
+    channel: String,
+    me: String,
+    url: String,
+    notes: mpsc::Sender<ModelNote>,
+) {
+    let mut logged_down = false;
+    loop {
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    if logged_down {
+                        tracing::info!(url = %url, "model announcements: subscribed again");
+                        logged_down = false;
+                    }
+                    let mut messages = pubsub.into_on_message();
+                    while let Some(msg) = messages.next().await {
+                        let Ok(payload) = msg.get_payload::<String>() else {
+                            continue;
+                        };
+                        match serde_json::from_str::<ModelNote>(&payload) {
+                            Ok(note) if note.origin != me => {
+                                if notes.send(note).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => {
+                                tracing::warn!(error = %e, "unreadable model announcement ignored")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    if !logged_down {
+                        tracing::warn!(url = %url, error = %describe(&e), "model announcements: cannot subscribe; retrying");
+                        logged_down = true;
+                    }
+                }
+            },
+            Err(e) => {
+                if !logged_down {
+                    tracing::warn!(url = %url, error = %describe(&e), "model announcements: cannot connect; retrying");
+                    logged_down = true;
+                }
+            }
+        }
+        if notes.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        visitor: String::new(),
+        reason: format!("saved segment: {e}"),
+    })
+}
+
+fn decode_event(visitor: &str, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
+        visitor: visitor.to_string(),
+        reason: format!("raw event: {e}"),
+    })
+}
+
+#[async_trait::async_trait]
+impl Store for RedisStore {
+    async fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
+        self.inner.load(visitor.as_str()).await
+    }
+
+    async fn load_many(
+        &self,
+        visitors: &[&VisitorId],
+    ) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
+        // Concurrent calls share the connection's pipeline.
+        join_all(visitors.iter().map(|v| self.inner.load(v.as_str()))).await
+    }
+
+    async fn snapshot(&self, visitor: &VisitorId) -> Result<Option<Snapshot>, StoreError> {
+        let v = visitor.as_str();
+        let inner = &self.inner;
+        let (rec, ring): (Vec<u8>, Vec<(u32, Vec<u8>)>) = inner
+            .scripts
+            .snapshot
+            .key(inner.keys.record(v))
+            .key(inner.keys.ring(v))
+            .invoke_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        if rec.is_empty() {
+            return Ok(None);
+        }
+        let record = inner.decode(v, &rec)?;
+        let mut recent = ring
+            .iter()
+            .map(|(_, bytes)| decode_event(v, bytes))
+            .collect::<Result<Vec<_>, _>>()?;
+        recent.sort_by_key(|e| std::cmp::Reverse(e.seq));
+        Ok(Some(Snapshot { record, recent }))
+    }
+
+    fn track(
+        &self,
+        visitor: VisitorId,
+        events: Vec<NewEvent>,
+        want_record: bool,
+    ) -> Ticket<Tracked> {
+        let (reply, ticket) = Ticket::channel();
+        self.enqueue(Job {
+            visitor,
+            kind: JobKind::Track {
+                events,
+                want_record,
+                reply,
+                done: None,
+            },
+        });
+        ticket
+    }
+
+    async fn forget(&self, visitor: VisitorId) -> Result<bool, StoreError> {
+        let (reply, ticket) = Ticket::channel();
+        self.enqueue(Job {
+            visitor,
+            kind: JobKind::Forget {
+                reply,
+                existed: false,
+            },
+        });
+        ticket.await
+    }
+
+    async fn purge(&self, inactive_before: Millis, limit: usize) -> Result<Purged, StoreError> {
+        let inner = &self.inner;
+        // One replica purges at a time; the others find the lease taken and
+        // leave it (the work is idempotent, so a lapse costs only time).
+        let (_, holder): (Option<String>, Option<String>) = redis::pipe()
+            .cmd("SET")
+            .arg(inner.keys.purge_lease())
+            .arg(&inner.replica)
+            .arg("NX")
+            .arg("PX")
+            .arg(PURGE_LEASE_MS)
+            .cmd("GET")
+            .arg(inner.keys.purge_lease())
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        if holder.is_some_and(|h| h != inner.replica) {
+            tracing::debug!("retention purge: another replica holds the lease");
+            return Ok(Purged {
+                visitors: 0,
+                more: false,
+            });
+        }
+        let cutoff = inactive_before.as_unix_millis();
+        let mut erased = 0;
+        let mut slot = 0u16;
+        while slot < SLOTS {
+            let end = slot.saturating_add(SLOT_BATCH).min(SLOTS);
+            let room = limit - erased;
+            let lists =
+                join_all((slot..end).map(|s| inner.index(s, IndexRange::Before(cutoff, room + 1))))
+                    .await;
+            let mut candidates = Vec::new();
+            for list in lists {
+                candidates.extend(list?);
+            }
+            for id in candidates {
+                if erased == limit {
+                    return Ok(Purged {
+                        visitors: erased,
+                        more: true,
+                    });
+                }
+                let done: i64 = inner
+                    .scripts
+                    .purge
+                    .key(inner.keys.record(&id))
+                    .key(inner.keys.ring(&id))
+                    .key(inner.keys.seen_of(&id))
+                    .arg(&id)
+                    .arg(cutoff)
+                    .invoke_async(&mut inner.conn())
+                    .await
+                    .map_err(|e| inner.unavailable(&e))?;
+                erased += done as usize;
+            }
+            slot = end;
+        }
+        Ok(Purged {
+            visitors: erased,
+            more: false,
+        })
+    }
+
+    async fn put_segment(
+        &self,
+        segment: SavedSegment,
+        overwrite: bool,
+    ) -> Result<SegmentWrite, StoreError> {
+        let inner = &self.inner;
+        let bytes = serde_json::to_vec(&segment)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode a segment: {e}")))?;
+        let created: i64 = redis::cmd(if overwrite { "HSET" } else { "HSETNX" })
+            .arg(inner.keys.segments())
+            .arg(&segment.name)
+            .arg(bytes)
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        Ok(match (created, overwrite) {
+            (1, _) => SegmentWrite::Created,
+            (_, true) => SegmentWrite::Replaced,
+            (_, false) => SegmentWrite::NameTaken,
+        })
+    }
+
+    async fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let removed: i64 = redis::cmd("HDEL")
+            .arg(inner.keys.segments())
+            .arg(name)
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        Ok(removed > 0)
+    }
+
+    async fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {
+        let inner = &self.inner;
+        let all: Vec<(String, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(inner.keys.segments())
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        let mut out = all
+            .iter()
+            .map(|(_, b)| decode_segment(b))
+            .collect::<Result<Vec<_>, _>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    async fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError> {
+        let inner = &self.inner;
+        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(inner.keys.segments())
+            .arg(name)
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        bytes.map(|b| decode_segment(&b)).transpose()
+    }
+
+    async fn scan(
+        &self,
+        after: Option<&str>,
+        active_since: Millis,
+        max: usize,
+    ) -> Result<ScanChunk, StoreError> {
+        let inner = &self.inner;
+        let since = active_since.as_unix_millis();
+        let max = max.max(1);
+        let first = after.map_or(0, slot_of);
+        let mut ids: Vec<String> = Vec::new();
+        let mut slot = first;
+        let mut done = false;
+        'walk: loop {
+            if slot >= SLOTS {
+                done = true;
+                break;
+            }
+            let end = slot.saturating_add(SLOT_BATCH).min(SLOTS);
+            let lists =
+                join_all((slot..end).map(|s| inner.index(s, IndexRange::Since(since)))).await;
+            for (s, list) in (slot..end).zip(lists) {
+                let mut list = list?;
+                list.sort_unstable();
+                if s == first {
+                    if let Some(a) = after {
+                        list.retain(|id| id.as_str() > a);
+                    }
+                }
+                for id in list {
+                    ids.push(id);
+                    if ids.len() >= max {
+                        break 'walk;
+                    }
+                }
+            }
+            slot = end;
+        }
+        let records = join_all(ids.iter().map(|id| async move {
+            let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+                .arg(inner.keys.record(id))
+                .arg("rec")
+                .query_async(&mut inner.conn())
+                .await
+                .map_err(|e| inner.unavailable(&e))?;
+            Ok::<_, StoreError>(bytes)
+        }))
+        .await;
+        let last_key = ids.last().cloned();
+        let mut entries = Vec::with_capacity(ids.len());
+        for (id, bytes) in ids.into_iter().zip(records) {
+            // Gone since the index was read (forgotten or purged): skipped.
+            if let Some(b) = bytes? {
+                if last_seen(&b) >= since {
+                    entries.push((id, b));
+                }
+            }
+        }
+        Ok(ScanChunk {
+            entries,
+            last_key: if done { None } else { last_key },
+            done,
+        })
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        Ok(())
+    }
+
+    async fn announce_model(
+        &self,
+        version: &str,
+        path: &std::path::Path,
+    ) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        let note = ModelNote {
+            origin: inner.replica.clone(),
+            version: version.to_string(),
+            path: path.to_path_buf(),
+        };
+        let payload = serde_json::to_string(&note)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode a model note: {e}")))?;
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(inner.keys.model_channel())
+            .arg(payload)
+            .query_async(&mut inner.conn())
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
+        Ok(())
+    }
+
+    fn model_announcements(&self) -> Option<mpsc::Receiver<ModelNote>> {
+        self.notes.lock().ok()?.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_slot_has_a_tag_that_hashes_to_it() {
+        let tags = slot_tags();
+        assert_eq!(tags.len(), SLOTS as usize);
+        for (slot, t) in tags.iter().enumerate() {
+            assert_eq!(slot_of_tag(t) as usize, slot, "{t}");
+        }
+    }
+
+    #[test]
+    fn slots_agree_with_redis_cluster_published_examples() {
+        // From the Redis Cluster specification: CRC16 of "123456789" is 0x31C3.
+        assert_eq!(
+            crc16::State::<crc16::XMODEM>::calculate(b"123456789"),
+            0x31C3
+        );
+        assert_eq!(slot_of_tag("123456789"), 0x31C3 % SLOTS);
+    }
+
+    #[test]
+    fn braces_in_a_visitor_id_cannot_break_its_hash_tag() {
+        for id in ["plain", "a}b", "{x}", "}", "50%", "%7B"] {
+            let t = tag(id);
+            assert!(!t.contains(['{', '}']), "{id} → {t}");
+        }
+        // Escaping is one-to-one: distinct ids keep distinct tags.
+        assert_ne!(tag("{"), tag("%7B"));
+        assert_ne!(tag("%"), tag("%25"));
+        let keys = Keys {
+            prefix: "rung:".into(),
+        };
+        assert_eq!(keys.record("a}b"), "rung:{a%7Db}:r");
+    }
+
+    #[test]
+    fn passwords_never_reach_logs() {
+        assert_eq!(
+            redacted("redis://user:s3cret@host:6379/0"),
+            "redis://user:***@host:6379/0"
+        );
+        assert_eq!(redacted("rediss://:pw@h:1"), "rediss://:***@h:1");
+        assert_eq!(redacted("redis://pw@h:1"), "redis://***@h:1");
+        assert_eq!(
+            redacted("redis://a:1,redis://u:p@b:2"),
+            "redis://a:1,redis://u:***@b:2"
+        );
+        assert_eq!(
+            redacted("redis://127.0.0.1:6379/"),
+            "redis://127.0.0.1:6379/"
+        );
+    }
+}
