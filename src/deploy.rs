@@ -97,6 +97,14 @@ impl Deployed {
     pub fn version(&self) -> &str {
         self.model.version()
     }
+
+    /// When the artifact was written (its file's modification time, as
+    /// opened), or when it was loaded where the filesystem keeps no time.
+    pub fn written_at(&self) -> Millis {
+        self.stamp
+            .modified
+            .map_or(self.loaded_at, Millis::from_system_time)
+    }
 }
 
 /// Reads and checks the artifact at `path` against the running taxonomy.

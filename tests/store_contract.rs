@@ -596,7 +596,7 @@ async fn a_model_announcement_reaches_the_other_replica(url: String) {
     let path = std::path::Path::new("/models/next.json");
     let note = tokio::time::timeout(std::time::Duration::from_secs(20), async {
         loop {
-            a.announce_model("v-next", path).await.unwrap();
+            a.announce_model("v-next", path, at(9)).await.unwrap();
             if let Ok(Some(n)) =
                 tokio::time::timeout(std::time::Duration::from_millis(200), notes_b.recv()).await
             {
@@ -608,12 +608,51 @@ async fn a_model_announcement_reaches_the_other_replica(url: String) {
     .expect("B heard A's announcement");
     assert_eq!(note.version, "v-next");
     assert_eq!(note.path, path);
+    assert_eq!(note.loaded_at, at(9));
     // A does not hear itself.
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), notes_a.recv())
             .await
             .is_err()
     );
+}
+
+/// A replica that was not listening when a model was announced (starting,
+/// or reconnecting) hears the latest announcement once it subscribes.
+async fn a_late_replica_hears_the_latest_announcement(url: String) {
+    let settings = rung::store::RedisSettings {
+        url,
+        key_prefix: common::redis::unique_prefix(),
+        timeout: std::time::Duration::from_secs(5),
+    };
+    let t = Arc::new(Taxonomy::builtin());
+    let a = rung::store::RedisStore::open(&settings, t.clone(), LIMITS)
+        .await
+        .unwrap();
+    let path = std::path::Path::new("/models/v2.json");
+    a.announce_model("v2", path, at(1)).await.unwrap();
+    a.announce_model("v3", path, at(2)).await.unwrap();
+
+    let late = rung::store::RedisStore::open(&settings, t, LIMITS)
+        .await
+        .unwrap();
+    let mut notes = late.model_announcements().unwrap();
+    let note = tokio::time::timeout(std::time::Duration::from_secs(20), notes.recv())
+        .await
+        .expect("the latest note arrives")
+        .unwrap();
+
+    assert_eq!((note.version.as_str(), note.loaded_at), ("v3", at(2)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_replica_catches_up_on_one_redis() {
+    a_late_replica_hears_the_latest_announcement(common::redis::shared_server().url()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_replica_catches_up_on_a_redis_cluster() {
+    a_late_replica_hears_the_latest_announcement(common::redis::shared_cluster().url()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -177,7 +177,11 @@ impl Engine {
         log_swap(&swap, "reload requested");
         if let Err(e) = self
             .store
-            .announce_model(swap.current.version(), &swap.current.path)
+            .announce_model(
+                swap.current.version(),
+                &swap.current.path,
+                swap.current.loaded_at,
+            )
             .await
         {
             // This replica serves the new model; the others still have their
@@ -192,9 +196,14 @@ impl Engine {
         self.store.model_announcements()
     }
 
-    /// Loads the model another replica announced, unless it already serves.
+    /// Loads the model another replica announced, unless it already serves
+    /// it or serves an artifact written after that announcement (an operator
+    /// who deploys a newer file by configuration is not overruled by an
+    /// older reload; a replica started after a reload, on an older file,
+    /// follows it).
     pub fn follow_model(&self, note: &ModelNote) -> Result<Option<Swap>, EngineError> {
-        if self.model.current().version() == note.version {
+        let serving = self.model.current();
+        if serving.version() == note.version || serving.written_at() > note.loaded_at {
             return Ok(None);
         }
         let swap = self.model.reload(Some(&note.path))?;

@@ -45,6 +45,9 @@ pub struct ModelNote {
     pub origin: String,
     pub version: String,
     pub path: PathBuf,
+    /// When the announcing replica loaded it: a replica that loaded its own
+    /// model later does not go back to this one.
+    pub loaded_at: Millis,
 }
 
 /// A segment definition saved by a user, kept with the visitor data.
@@ -271,11 +274,17 @@ pub trait Store: Send + Sync + 'static {
     async fn check(&self) -> Result<(), StoreError>;
     /// Tells the other processes sharing this store that this one now
     /// serves another model. A store nobody shares has no one to tell.
-    async fn announce_model(&self, _version: &str, _path: &Path) -> Result<(), StoreError> {
+    async fn announce_model(
+        &self,
+        _version: &str,
+        _path: &Path,
+        _loaded_at: Millis,
+    ) -> Result<(), StoreError> {
         Ok(())
     }
-    /// Models the other processes sharing this store announced; `None` for
-    /// a store nobody shares, or once taken.
+    /// Models the other processes sharing this store announced (and, on
+    /// each (re)connection, the latest one announced before); `None` for a
+    /// store nobody shares, or once taken.
     fn model_announcements(&self) -> Option<mpsc::Receiver<ModelNote>> {
         None
     }

@@ -13,7 +13,8 @@
 //!   reading them, and, sharing the slot, it is updated in the same atomic
 //!   script as the record;
 //! - `Psegments` (saved segments by name), `Pmeta` (format and taxonomy),
-//!   `Ppurge-lease`, and the pub/sub channel `Pmodel`.
+//!   `Ppurge-lease`, the pub/sub channel `Pmodel` and `Pmodel-latest`, the
+//!   last model announced on it.
 //!
 //! `id` is the visitor id with `%`, `{` and `}` percent-encoded, so the tag
 //! is always the whole id and all of one visitor's keys share its slot.
@@ -182,6 +183,11 @@ impl Keys {
 
     fn model_channel(&self) -> String {
         format!("{}model", self.prefix)
+    }
+
+    /// The latest model note, kept for replicas that were not listening.
+    fn model_note(&self) -> String {
+        format!("{}model-latest", self.prefix)
     }
 }
 
@@ -392,7 +398,13 @@ impl RedisStore {
         let refused = |e: RedisError| {
             StoreError::Unavailable(format!("cannot use Redis at {url}: {}", describe(&e)))
         };
-        let (conn, pubsub_client) = if urls.len() == 1 {
+        // Pub/sub messages reach every node of a cluster: any node will do.
+        let pubsub_clients = urls
+            .iter()
+            .map(|u| redis::Client::open(*u))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(refused)?;
+        let conn = if urls.len() == 1 {
             let client = redis::Client::open(urls[0]).map_err(refused)?;
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(settings.timeout))
@@ -411,7 +423,7 @@ impl RedisStore {
                 ))
             })?
             .map_err(refused)?;
-            (Conn::Single(manager), client)
+            Conn::Single(manager)
         } else {
             let cluster = redis::cluster::ClusterClient::builder(urls.clone())
                 .connection_timeout(settings.timeout)
@@ -428,11 +440,7 @@ impl RedisStore {
                     ))
                 })?
                 .map_err(refused)?;
-            // Pub/sub messages reach every node of a cluster: one node will do.
-            (
-                Conn::Cluster(conn),
-                redis::Client::open(urls[0]).map_err(refused)?,
-            )
+            Conn::Cluster(conn)
         };
         let inner = Arc::new(Inner {
             conn,
@@ -461,13 +469,7 @@ impl RedisStore {
             })
             .collect();
         let (notes_tx, notes_rx) = mpsc::channel(16);
-        let subscriber = tokio::spawn(subscribe(
-            pubsub_client,
-            inner.keys.model_channel(),
-            inner.replica.clone(),
-            url,
-            notes_tx,
-        ));
+        let subscriber = tokio::spawn(subscribe(inner.clone(), pubsub_clients, notes_tx));
         Ok(RedisStore {
             inner,
             lanes,
@@ -555,6 +557,25 @@ impl Inner {
 
     fn decode(&self, visitor: &str, bytes: &[u8]) -> Result<VisitorRecord, StoreError> {
         decode_record(visitor, bytes, &self.taxonomy)
+    }
+
+    /// The latest model announced, if any (read errors are logged: the
+    /// replica then just keeps its model).
+    async fn latest_model_note(&self) -> Option<ModelNote> {
+        let kept: Result<Option<String>, RedisError> = redis::cmd("GET")
+            .arg(self.keys.model_note())
+            .query_async(&mut self.conn())
+            .await;
+        match kept {
+            Ok(Some(json)) => serde_json::from_str(&json)
+                .inspect_err(|e| tracing::warn!(error = %e, "unreadable model note ignored"))
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %describe(&e), "cannot read the latest model note");
+                None
+            }
+        }
     }
 
     async fn load(&self, visitor: &str) -> Result<Option<VisitorRecord>, StoreError> {
@@ -815,23 +836,26 @@ async fn lane(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-/// Listens on the model channel (reconnecting as needed) and passes on the
-/// notes of other replicas.
-async fn subscribe(
-    client: redis::Client,
-    channel: String,
-    me: String,
-    url: String,
-    notes: mpsc::Sender<ModelNote>,
-) {
+/// Listens on the model channel (reconnecting as needed, trying each node
+/// in turn) and passes on the notes of other replicas. After every
+/// (re)subscription it also passes on the latest note kept in Redis, so a
+/// replica that was not listening when a reload was announced catches up.
+async fn subscribe(inner: Arc<Inner>, clients: Vec<redis::Client>, notes: mpsc::Sender<ModelNote>) {
+    let channel = inner.keys.model_channel();
     let mut logged_down = false;
-    loop {
+    for client in clients.iter().cycle() {
         match client.get_async_pubsub().await {
             Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
                 Ok(()) => {
                     if logged_down {
-                        tracing::info!(url = %url, "model announcements: subscribed again");
+                        tracing::info!(url = %inner.url, "model announcements: subscribed again");
                         logged_down = false;
+                    }
+                    // Subscribed first, then read: no note falls in between.
+                    if let Some(latest) = inner.latest_model_note().await {
+                        if latest.origin != inner.replica && notes.send(latest).await.is_err() {
+                            return;
+                        }
                     }
                     let mut messages = pubsub.into_on_message();
                     while let Some(msg) = messages.next().await {
@@ -839,7 +863,7 @@ async fn subscribe(
                             continue;
                         };
                         match serde_json::from_str::<ModelNote>(&payload) {
-                            Ok(note) if note.origin != me => {
+                            Ok(note) if note.origin != inner.replica => {
                                 if notes.send(note).await.is_err() {
                                     return;
                                 }
@@ -853,14 +877,14 @@ async fn subscribe(
                 }
                 Err(e) => {
                     if !logged_down {
-                        tracing::warn!(url = %url, error = %describe(&e), "model announcements: cannot subscribe; retrying");
+                        tracing::warn!(url = %inner.url, error = %describe(&e), "model announcements: cannot subscribe; retrying");
                         logged_down = true;
                     }
                 }
             },
             Err(e) => {
                 if !logged_down {
-                    tracing::warn!(url = %url, error = %describe(&e), "model announcements: cannot connect; retrying");
+                    tracing::warn!(url = %inner.url, error = %describe(&e), "model announcements: cannot connect; retrying");
                     logged_down = true;
                 }
             }
@@ -1155,19 +1179,29 @@ impl Store for RedisStore {
         &self,
         version: &str,
         path: &std::path::Path,
+        loaded_at: Millis,
     ) -> Result<(), StoreError> {
         let inner = &self.inner;
         let note = ModelNote {
             origin: inner.replica.clone(),
             version: version.to_string(),
             path: path.to_path_buf(),
+            loaded_at,
         };
         let payload = serde_json::to_string(&note)
             .map_err(|e| StoreError::Unavailable(format!("cannot encode a model note: {e}")))?;
+        // Kept for replicas not listening now, then told to those that are.
+        let mut c = inner.conn();
+        let _: () = redis::cmd("SET")
+            .arg(inner.keys.model_note())
+            .arg(&payload)
+            .query_async(&mut c)
+            .await
+            .map_err(|e| inner.unavailable(&e))?;
         let _: i64 = redis::cmd("PUBLISH")
             .arg(inner.keys.model_channel())
             .arg(payload)
-            .query_async(&mut inner.conn())
+            .query_async(&mut c)
             .await
             .map_err(|e| inner.unavailable(&e))?;
         Ok(())
