@@ -3,9 +3,10 @@
 //! process gives. Redis does the sharing; rung keeps no state of its own.
 //!
 //! Keys (P is `store.key_prefix`, `{…}` a Redis hash tag):
-//! - `P{id}:r`: a hash with the visitor's record (`rec`, encoded as every
-//!   backend encodes it, [`record::encode`]) and `ver`, a random token that
-//!   changes with every write;
+//! - `P{id}:r`: the visitor's record, a string: a random 16-character
+//!   version token that changes with every write, then the record encoded
+//!   as every backend encodes it ([`record::encode`]). A string, not a
+//!   hash, so a scan reads a slot's records with one MGET;
 //! - `P{id}:e`: a hash of the raw-event ring, ring slot → encoded event;
 //! - `P{t}:seen`: for each of the 16,384 hash slots, a sorted set of the
 //!   visitors in that slot scored by last-seen time, `t` being a tag that
@@ -232,34 +233,43 @@ impl ConnectionLike for Conn {
     }
 }
 
-/// Writes `rec` (and the ring) only if `ver` is still what the writer read.
-/// KEYS: record, ring, index. ARGV: expected ver ('' for none), new ver,
-/// '1' to erase first (a Forget), new record ('' for none), its last-seen
-/// score, the visitor id, then ring slot/event pairs.
-/// Returns {1} on success, {0, rec, ver} on a conflict.
+/// Characters of the version token at the head of a stored record.
+const VERSION_LEN: usize = 16;
+
+/// Writes the record (and the ring) only if its version is still what the
+/// writer read. KEYS: record, ring, index. ARGV: expected version ('' for
+/// none), '1' to erase first (a Forget), the new stored record (version
+/// then record; '' for none), its last-seen score, the visitor id, then
+/// ring slot/event pairs. Returns {1} on success, {0, stored} on a conflict.
 const WRITE: &str = r"
-local ver = redis.call('HGET', KEYS[1], 'ver') or ''
+local ver = redis.call('GETRANGE', KEYS[1], 0, 15)
 if ver ~= ARGV[1] then
-  return {0, redis.call('HGET', KEYS[1], 'rec') or '', ver}
+  return {0, redis.call('GET', KEYS[1]) or ''}
 end
-if ARGV[3] == '1' then
+if ARGV[2] == '1' then
   redis.call('DEL', KEYS[1], KEYS[2])
-  redis.call('ZREM', KEYS[3], ARGV[6])
+  redis.call('ZREM', KEYS[3], ARGV[5])
 end
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[1], 'rec', ARGV[4], 'ver', ARGV[2])
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[6])
-  for i = 7, #ARGV, 2 do
+if ARGV[3] ~= '' then
+  redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
+  for i = 6, #ARGV, 2 do
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
   end
 end
 return {1}
 ";
 
-/// The record and the ring, read together. KEYS: record, ring.
+/// The stored record and the ring, read together. KEYS: record, ring.
 const SNAPSHOT: &str = r"
-return {redis.call('HGET', KEYS[1], 'rec') or '', redis.call('HGETALL', KEYS[2])}
+return {redis.call('GET', KEYS[1]) or '', redis.call('HGETALL', KEYS[2])}
 ";
+
+/// A stored record's version token and record bytes; `None` for a value
+/// too short to hold a version.
+fn split_stored(stored: &[u8]) -> Option<(&[u8], &[u8])> {
+    (stored.len() >= VERSION_LEN).then(|| stored.split_at(VERSION_LEN))
+}
 
 /// Erases a visitor if it is still inactive. KEYS: record, ring, index.
 /// ARGV: visitor id, cutoff. Returns 1 when erased.
@@ -579,13 +589,21 @@ impl Inner {
     }
 
     async fn load(&self, visitor: &str) -> Result<Option<VisitorRecord>, StoreError> {
-        let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.record(visitor))
-            .arg("rec")
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.unavailable(&e))?;
-        bytes.map(|b| self.decode(visitor, &b)).transpose()
+        stored.map(|s| self.decode_stored(visitor, &s)).transpose()
+    }
+
+    /// A stored record (version, then record) decoded.
+    fn decode_stored(&self, visitor: &str, stored: &[u8]) -> Result<VisitorRecord, StoreError> {
+        let (_, bytes) = split_stored(stored).ok_or_else(|| StoreError::Corrupt {
+            visitor: visitor.to_string(),
+            reason: "stored record shorter than its version".into(),
+        })?;
+        self.decode(visitor, bytes)
     }
 
     /// Applies one visitor's queued writes, in order, with one read and one
@@ -594,15 +612,12 @@ impl Inner {
         let v = visitor.as_str();
         let keys = [self.keys.record(v), self.keys.ring(v), self.keys.seen_of(v)];
         let mut c = self.conn();
-        // The state as read: the record's bytes ('' for none) and its token.
-        let read: Result<(Option<Vec<u8>>, Option<String>), RedisError> = redis::cmd("HMGET")
-            .arg(&keys[0])
-            .arg("rec")
-            .arg("ver")
-            .query_async(&mut c)
-            .await;
-        let (mut bytes, mut ver) = match read {
-            Ok((b, v)) => (b.unwrap_or_default(), v.unwrap_or_default()),
+        // The state as read: the stored record (version, then record), empty
+        // for none.
+        let read: Result<Option<Vec<u8>>, RedisError> =
+            redis::cmd("GET").arg(&keys[0]).query_async(&mut c).await;
+        let mut stored = match read {
+            Ok(s) => s.unwrap_or_default(),
             Err(e) => {
                 let e = self.unavailable(&e);
                 for j in jobs {
@@ -612,19 +627,21 @@ impl Inner {
             }
         };
         for attempt in 1..=MAX_ATTEMPTS {
-            let plan = self.plan(v, &bytes, &mut jobs);
+            let (version, bytes) = match split_stored(&stored) {
+                Some((version, bytes)) => (version, bytes),
+                None => (&[][..], &[][..]),
+            };
+            let plan = self.plan(v, bytes, &mut jobs);
             if !plan.write {
                 // Nothing changes (redeliveries only): nothing to write.
                 jobs.into_iter().for_each(JobKind::finish);
                 return;
             }
-            let new_ver = format!("{:016x}", rand::random::<u64>());
             let mut call = self.scripts.write.prepare_invoke();
             call.key(&keys[0]).key(&keys[1]).key(&keys[2]);
-            call.arg(&ver)
-                .arg(&new_ver)
+            call.arg(version)
                 .arg(if plan.erase_first { "1" } else { "0" })
-                .arg(plan.record_bytes.as_deref().unwrap_or(&[]))
+                .arg(plan.stored.as_deref().unwrap_or(&[]))
                 .arg(plan.last_seen)
                 .arg(v);
             for (slot, event) in &plan.ring {
@@ -640,13 +657,9 @@ impl Inner {
                     // Another replica wrote in between: compute again on
                     // what it left.
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
-                    bytes = match values.get(1) {
-                        Some(Value::BulkString(b)) => b.clone(),
+                    stored = match values.into_iter().nth(1) {
+                        Some(Value::BulkString(b)) => b,
                         _ => Vec::new(),
-                    };
-                    ver = match values.get(2) {
-                        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                        _ => String::new(),
                     };
                     if attempt % 8 == 0 {
                         // Back off a little under heavy contention.
@@ -685,7 +698,7 @@ impl Inner {
         let mut plan = Plan {
             write: false,
             erase_first: false,
-            record_bytes: None,
+            stored: None,
             last_seen: 0,
             ring: Vec::new(),
         };
@@ -741,7 +754,10 @@ impl Inner {
             match encode_record(r) {
                 Ok(b) => {
                     plan.last_seen = last_seen(&b);
-                    plan.record_bytes = Some(b);
+                    let mut stored = Vec::with_capacity(VERSION_LEN + b.len());
+                    stored.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
+                    stored.extend_from_slice(&b);
+                    plan.stored = Some(stored);
                 }
                 Err(e) => {
                     // Nothing of these Tracks is written.
@@ -801,8 +817,9 @@ struct Plan {
     /// Whether anything is to be written at all.
     write: bool,
     erase_first: bool,
-    /// The record to write; `None` leaves it (or, after an erase, none).
-    record_bytes: Option<Vec<u8>>,
+    /// The record to store (a fresh version, then the record); `None`
+    /// leaves it (or, after an erase, none).
+    stored: Option<Vec<u8>>,
     last_seen: i64,
     ring: Vec<(u32, Vec<u8>)>,
 }
@@ -927,7 +944,7 @@ impl Store for RedisStore {
     async fn snapshot(&self, visitor: &VisitorId) -> Result<Option<Snapshot>, StoreError> {
         let v = visitor.as_str();
         let inner = &self.inner;
-        let (rec, ring): (Vec<u8>, Vec<(u32, Vec<u8>)>) = inner
+        let (stored, ring): (Vec<u8>, Vec<(u32, Vec<u8>)>) = inner
             .scripts
             .snapshot
             .key(inner.keys.record(v))
@@ -935,10 +952,10 @@ impl Store for RedisStore {
             .invoke_async(&mut inner.conn())
             .await
             .map_err(|e| inner.unavailable(&e))?;
-        if rec.is_empty() {
+        if stored.is_empty() {
             return Ok(None);
         }
-        let record = inner.decode(v, &rec)?;
+        let record = inner.decode_stored(v, &stored)?;
         let mut recent = ring
             .iter()
             .map(|(_, bytes)| decode_event(v, bytes))
@@ -1111,7 +1128,9 @@ impl Store for RedisStore {
         let since = active_since.as_unix_millis();
         let max = max.max(1);
         let first = after.map_or(0, slot_of);
-        let mut ids: Vec<String> = Vec::new();
+        // The visitors to read, slot by slot, in scan order.
+        let mut slots: Vec<Vec<String>> = Vec::new();
+        let mut wanted = 0;
         let mut slot = first;
         let mut done = false;
         'walk: loop {
@@ -1124,38 +1143,50 @@ impl Store for RedisStore {
                 join_all((slot..end).map(|s| inner.index(s, IndexRange::Since(since)))).await;
             for (s, list) in (slot..end).zip(lists) {
                 let mut list = list?;
-                list.sort_unstable();
                 if s == first {
                     if let Some(a) = after {
                         list.retain(|id| id.as_str() > a);
                     }
                 }
-                for id in list {
-                    ids.push(id);
-                    if ids.len() >= max {
-                        break 'walk;
-                    }
+                if list.is_empty() {
+                    continue;
+                }
+                list.sort_unstable();
+                list.truncate(max - wanted);
+                wanted += list.len();
+                slots.push(list);
+                if wanted >= max {
+                    break 'walk;
                 }
             }
             slot = end;
         }
-        let records = join_all(ids.iter().map(|id| async move {
-            let bytes: Option<Vec<u8>> = redis::cmd("HGET")
-                .arg(inner.keys.record(id))
-                .arg("rec")
+        // One MGET per slot: a slot's keys live on one node.
+        let reads = join_all(slots.iter().map(|ids| async move {
+            let mut mget = redis::cmd("MGET");
+            for id in ids {
+                mget.arg(inner.keys.record(id));
+            }
+            let stored: Vec<Option<Vec<u8>>> = mget
                 .query_async(&mut inner.conn())
                 .await
                 .map_err(|e| inner.unavailable(&e))?;
-            Ok::<_, StoreError>(bytes)
+            Ok::<_, StoreError>(stored)
         }))
         .await;
-        let last_key = ids.last().cloned();
-        let mut entries = Vec::with_capacity(ids.len());
-        for (id, bytes) in ids.into_iter().zip(records) {
-            // Gone since the index was read (forgotten or purged): skipped.
-            if let Some(b) = bytes? {
-                if last_seen(&b) >= since {
-                    entries.push((id, b));
+        let last_key = slots.last().and_then(|ids| ids.last()).cloned();
+        let mut entries = Vec::with_capacity(wanted);
+        for (ids, stored) in slots.into_iter().zip(reads) {
+            for (id, s) in ids.into_iter().zip(stored?) {
+                // Gone since the index was read (forgotten or purged): skipped.
+                let Some(mut s) = s else { continue };
+                if s.len() < VERSION_LEN {
+                    tracing::warn!(visitor_id = %id, "a stored record shorter than its version left out");
+                    continue;
+                }
+                s.drain(..VERSION_LEN);
+                if last_seen(&s) >= since {
+                    entries.push((id, s));
                 }
             }
         }
