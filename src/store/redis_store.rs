@@ -55,8 +55,10 @@ use super::{
 const FORMAT: &str = "rung.redis.v1";
 /// Redis Cluster's hash slots.
 const SLOTS: u16 = 16_384;
-/// Index sets asked for at once by scans and purges.
+/// Index sets asked for at once by scans and purges, at most.
 const SLOT_BATCH: u16 = 1024;
+/// ... and at least, by scans.
+const MIN_SLOT_BATCH: u16 = 16;
 /// Write lanes per replica.
 const LANES: usize = 32;
 /// Conditional writes tried before a write gives up as unavailable.
@@ -145,6 +147,22 @@ fn slot_tags() -> &'static [String] {
     })
 }
 
+/// The keys that hold one visitor, `[record, raw-event ring, index set]`:
+/// for tools that measure or inspect a store (the benches).
+pub fn visitor_keys(prefix: &str, visitor: &str) -> [String; 3] {
+    let keys = Keys {
+        prefix: prefix.to_string(),
+    };
+    [
+        keys.record(visitor),
+        keys.ring(visitor),
+        keys.seen_of(visitor),
+    ]
+}
+
+/// The suffix of every per-slot index set's key.
+pub const INDEX_SUFFIX: &str = ":seen";
+
 /// Key names under one prefix.
 #[derive(Debug, Clone)]
 struct Keys {
@@ -162,7 +180,11 @@ impl Keys {
 
     /// The index set of a hash slot.
     fn seen(&self, slot: u16) -> String {
-        format!("{}{{{}}}:seen", self.prefix, slot_tags()[slot as usize])
+        format!(
+            "{}{{{}}}{INDEX_SUFFIX}",
+            self.prefix,
+            slot_tags()[slot as usize]
+        )
     }
 
     /// The index set holding this visitor.
@@ -1133,16 +1155,22 @@ impl Store for RedisStore {
         let mut wanted = 0;
         let mut slot = first;
         let mut done = false;
+        // Index sets asked for at once: sized by the visitors per slot seen
+        // so far, so a call reads about the slots it needs, not a whole batch.
+        let mut batch = MIN_SLOT_BATCH;
+        let (mut seen, mut slots_read) = (0usize, 0usize);
         'walk: loop {
             if slot >= SLOTS {
                 done = true;
                 break;
             }
-            let end = slot.saturating_add(SLOT_BATCH).min(SLOTS);
+            let end = slot.saturating_add(batch).min(SLOTS);
             let lists =
                 join_all((slot..end).map(|s| inner.index(s, IndexRange::Since(since)))).await;
+            slots_read += usize::from(end - slot);
             for (s, list) in (slot..end).zip(lists) {
                 let mut list = list?;
+                seen += list.len();
                 if s == first {
                     if let Some(a) = after {
                         list.retain(|id| id.as_str() > a);
@@ -1160,6 +1188,14 @@ impl Store for RedisStore {
                 }
             }
             slot = end;
+            let per_slot = seen as f64 / slots_read as f64;
+            let need = (max - wanted) as f64;
+            batch = if per_slot > 0.0 {
+                (need / per_slot * 1.25).ceil().min(f64::from(SLOT_BATCH)) as u16
+            } else {
+                batch.saturating_mul(4)
+            }
+            .clamp(MIN_SLOT_BATCH, SLOT_BATCH);
         }
         // One MGET per slot: a slot's keys live on one node.
         let reads = join_all(slots.iter().map(|ids| async move {
