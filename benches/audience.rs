@@ -4,6 +4,13 @@
 //!
 //! Run: cargo bench --bench audience [-- 100000 1000000]
 //! Each figure is the median of 3 runs; the store is filled once per size.
+//!
+//! With `RUNG_BENCH_STORE_URL=redis://…` (several, comma-separated, for a
+//! Redis Cluster) the visitors go to that Redis instead of redb, under a
+//! fresh key prefix that is removed afterwards (never FLUSHALL), and the
+//! Redis memory per visitor is printed: `MEMORY USAGE` of ~1000 visitors'
+//! record and ring hashes plus their share of the index sets, and `INFO
+//! memory`'s `used_memory` before and after the fill.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,9 +21,11 @@ use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
 use rung::grpc::proto::audience_service_client::AudienceServiceClient;
 use rung::grpc::proto::{CountSegmentRequest, ExportSegmentRequest, FunnelRequest};
+use rung::load::redis_nodes::PrefixCleanup;
+use rung::load::RedisNodes;
 use rung::simulator::{simulate, SimConfig};
 use rung::startup::Application;
-use rung::store::{RedbStore, Store, StoreLimits};
+use rung::store::{RedbStore, RedisSettings, RedisStore, Store, StoreLimits};
 
 const DAYS: f64 = 60.0;
 const BATCH: usize = 50_000;
@@ -26,19 +35,35 @@ fn ts(m: Millis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-/// Simulated journeys over the last 60 days, written straight to the store.
-fn fill(dir: &std::path::Path, visitors: usize, now: Millis) -> (usize, Duration) {
-    let t = Arc::new(Taxonomy::builtin());
-    let limits = StoreLimits {
-        recent_events: 200,
-        dedup_window: 128,
-        max_group: 1024,
-    };
-    let store = RedbStore::open(dir, t.clone(), limits).unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
+/// What the server keeps per visitor, as it does by default.
+const LIMITS: StoreLimits = StoreLimits {
+    recent_events: 200,
+    dedup_window: 128,
+    max_group: 1024,
+};
+
+/// Visitors whose keys are sampled for Redis's memory per visitor.
+const MEMORY_SAMPLE: usize = 1000;
+
+/// The id of the `n`th filled visitor.
+fn visitor_id(n: usize) -> String {
+    format!("v{n:08}")
+}
+
+/// What a fill wrote.
+struct Filled {
+    events: usize,
+    /// Visitors with at least one event (the others were never stored).
+    stored: usize,
+    took: Duration,
+}
+
+/// Simulated journeys over the last 60 days, written straight to the store
+/// (through [`Store::track`], as the server would).
+async fn fill(store: &impl Store, t: &Taxonomy, visitors: usize, now: Millis) -> Filled {
     let start = now.saturating_add_millis(-((DAYS * 86_400_000.0) as i64));
     let began = Instant::now();
-    let mut events = 0;
+    let (mut events, mut stored) = (0, 0);
     for (b, first) in (0..visitors).step_by(BATCH).enumerate() {
         let journeys = simulate(&SimConfig {
             visitors: BATCH.min(visitors - first),
@@ -47,7 +72,7 @@ fn fill(dir: &std::path::Path, visitors: usize, now: Millis) -> (usize, Duration
             days: DAYS,
             ..SimConfig::default()
         });
-        rt.block_on(async {
+        {
             let mut tickets = Vec::with_capacity(journeys.len());
             for (i, j) in journeys.iter().enumerate() {
                 let new: Vec<NewEvent> = j
@@ -65,8 +90,9 @@ fn fill(dir: &std::path::Path, visitors: usize, now: Millis) -> (usize, Duration
                     })
                     .collect();
                 events += new.len();
+                stored += usize::from(!new.is_empty());
                 tickets.push(store.track(
-                    VisitorId::parse(format!("v{:08}", first + i), 256).unwrap(),
+                    VisitorId::parse(visitor_id(first + i), 256).unwrap(),
                     new,
                     false,
                 ));
@@ -74,9 +100,13 @@ fn fill(dir: &std::path::Path, visitors: usize, now: Millis) -> (usize, Duration
             for ticket in tickets {
                 ticket.await.unwrap();
             }
-        });
+        }
     }
-    (events, began.elapsed())
+    Filled {
+        events,
+        stored,
+        took: began.elapsed(),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -84,14 +114,23 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-async fn measure(dir: &std::path::Path, now: Millis) {
-    let settings = Settings {
+/// The server's settings for the store just filled.
+fn server_settings(dir: &std::path::Path, redis: Option<(&str, &str)>) -> Settings {
+    let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         model: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.json"),
         data_dir: dir.to_path_buf(),
         ..Settings::default()
     };
-    let app = Application::build(&settings).await.unwrap();
+    if let Some((url, prefix)) = redis {
+        settings.store.url = url.to_string();
+        settings.store.key_prefix = prefix.to_string();
+    }
+    settings
+}
+
+async fn measure(settings: &Settings, now: Millis) {
+    let app = Application::build(settings).await.unwrap();
     let addr = app.local_addr();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async {
@@ -176,6 +215,103 @@ async fn measure(dir: &std::path::Path, now: Millis) {
     server.await.unwrap().unwrap();
 }
 
+/// A key prefix of this run's own, for one size.
+fn fresh_prefix(visitors: usize) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!(
+        "rung-bench-audience-{}-{nanos}-{visitors}:",
+        std::process::id()
+    )
+}
+
+/// Fills redb in a temporary directory and measures on it.
+fn on_redb(rt: &tokio::runtime::Runtime, visitors: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Millis::now();
+    let t = Arc::new(Taxonomy::builtin());
+    let filled = {
+        let store = RedbStore::open(dir.path(), t.clone(), LIMITS).unwrap();
+        rt.block_on(fill(&store, &t, visitors, now))
+        // The server opens the file next: this store closes it first.
+    };
+    let size = RedbStore::file_size(dir.path()).unwrap();
+    println!(
+        "\n## {visitors} visitors ({} events, filled in {:.1} s, store {:.0} MB)\n",
+        filled.events,
+        filled.took.as_secs_f64(),
+        size as f64 / 1e6
+    );
+    rt.block_on(measure(&server_settings(dir.path(), None), now));
+}
+
+/// Fills the Redis at `url` under a fresh prefix, prints its memory per
+/// visitor, measures, and removes the keys.
+fn on_redis(rt: &tokio::runtime::Runtime, url: &str, visitors: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Millis::now();
+    let t = Arc::new(Taxonomy::builtin());
+    let prefix = fresh_prefix(visitors);
+    // Removes the keys however this function ends.
+    let cleanup = PrefixCleanup::new(url, &prefix);
+    let nodes = rt.block_on(RedisNodes::connect(url)).unwrap();
+    let before = rt.block_on(nodes.used_memory()).unwrap();
+    let filled = rt.block_on(async {
+        let settings = RedisSettings {
+            url: url.to_string(),
+            key_prefix: prefix.clone(),
+            timeout: Duration::from_secs(10),
+        };
+        let store = RedisStore::open(&settings, t.clone(), LIMITS)
+            .await
+            .unwrap();
+        fill(&store, &t, visitors, now).await
+    });
+    let after = rt.block_on(nodes.used_memory()).unwrap();
+    let step = (visitors / MEMORY_SAMPLE).max(1);
+    let memory = rt
+        .block_on(nodes.visitor_memory(
+            &prefix,
+            (0..visitors).step_by(step).map(visitor_id),
+            filled.stored,
+        ))
+        .unwrap();
+    assert!(
+        memory.sampled > 0,
+        "no sampled visitor has a record under {prefix:?}: has the store's key layout changed?"
+    );
+    println!(
+        "\n## {visitors} visitors ({} events, {} stored visitors, filled in {:.1} s, Redis used_memory +{:.0} MB)\n",
+        filled.events,
+        filled.stored,
+        filled.took.as_secs_f64(),
+        after.saturating_sub(before) as f64 / 1e6
+    );
+    println!(
+        "Redis memory per stored visitor: {:.0} B by MEMORY USAGE (record {:.0} B + ring {:.0} B, mean of {} visitors; \
+         index {:.1} B, {} index sets of {} B in all); {:.0} B by used_memory ({} B before the fill, {} B after)\n",
+        memory.per_visitor(),
+        memory.record,
+        memory.ring,
+        memory.sampled,
+        memory.index_share(),
+        memory.index_sets,
+        memory.index_bytes,
+        after.saturating_sub(before) as f64 / filled.stored.max(1) as f64,
+        before,
+        after
+    );
+    rt.block_on(measure(
+        &server_settings(dir.path(), Some((url, &prefix))),
+        now,
+    ));
+    match cleanup.remove_now() {
+        Ok(n) => println!("\n(removed {n} keys under {prefix:?})"),
+        Err(e) => panic!("removing the keys under {prefix:?}: {e}"),
+    }
+}
+
 fn main() {
     let sizes: Vec<usize> = std::env::args()
         .skip(1)
@@ -186,19 +322,23 @@ fn main() {
     } else {
         sizes
     };
+    let redis = std::env::var("RUNG_BENCH_STORE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!("# rung audiences benchmark ({cores} cores)");
+    match &redis {
+        Some(url) => println!(
+            "\nstore: Redis at {} (RUNG_BENCH_STORE_URL), under a fresh key prefix per size, removed afterwards",
+            rung::store::redis_store::redacted(url)
+        ),
+        None => println!("\nstore: redb (embedded), in a temporary directory"),
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
     for visitors in sizes {
-        let dir = tempfile::tempdir().unwrap();
-        let now = Millis::now();
-        let (events, took) = fill(dir.path(), visitors, now);
-        let size = RedbStore::file_size(dir.path()).unwrap();
-        println!(
-            "\n## {visitors} visitors ({events} events, filled in {:.1} s, store {:.0} MB)\n",
-            took.as_secs_f64(),
-            size as f64 / 1e6
-        );
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(measure(dir.path(), now));
+        match &redis {
+            Some(url) => on_redis(&rt, url, visitors),
+            None => on_redb(&rt, visitors),
+        }
     }
 }

@@ -1,5 +1,12 @@
 //! The embedded store: what a Track and a load cost, and the bytes on disk
 //! per visitor and per kept raw event. Run: cargo bench --bench store
+//!
+//! With `RUNG_BENCH_STORE_URL=redis://…` the shared store is measured as
+//! well, on that Redis under fresh key prefixes removed afterwards: its
+//! memory per visitor of 1, 20 and 200 events (`MEMORY USAGE` of the record
+//! and ring hashes, and the visitor's share of the index sets), and the same
+//! operations as for redb. A Track is "committed" once Redis has answered;
+//! how durable that is depends on that Redis's persistence settings.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -7,7 +14,9 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
-use rung::store::{RedbStore, Store, StoreLimits};
+use rung::load::redis_nodes::{PrefixCleanup, VisitorMemory};
+use rung::load::RedisNodes;
+use rung::store::{RedbStore, RedisSettings, RedisStore, Store, StoreLimits};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {
@@ -42,6 +51,86 @@ fn id(n: usize) -> VisitorId {
     VisitorId::parse(format!("visitor-{n:08}"), 256).unwrap()
 }
 
+/// Stores visitors `range` of `per_visitor` events each, 1000 writes in
+/// flight at a time.
+async fn track_all(
+    store: &impl Store,
+    t: &Taxonomy,
+    range: std::ops::Range<usize>,
+    per_visitor: usize,
+) {
+    for chunk in range.collect::<Vec<_>>().chunks(1000) {
+        let tickets: Vec<_> = chunk
+            .iter()
+            .map(|&v| store.track(id(v), events(t, v, per_visitor), false))
+            .collect();
+        for ticket in tickets {
+            ticket.await.unwrap();
+        }
+    }
+}
+
+/// The Redis under test, from `RUNG_BENCH_STORE_URL`, if set.
+fn redis_url() -> Option<String> {
+    std::env::var("RUNG_BENCH_STORE_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+}
+
+/// A key prefix of its own for one part of this run.
+fn fresh_prefix(what: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("rung-bench-store-{}-{nanos}-{what}:", std::process::id())
+}
+
+/// A Redis store under `prefix`, with the server's limits.
+async fn open_redis(url: &str, prefix: &str, t: Arc<Taxonomy>) -> RedisStore {
+    let settings = RedisSettings {
+        url: url.to_string(),
+        key_prefix: prefix.to_string(),
+        timeout: std::time::Duration::from_secs(10),
+    };
+    RedisStore::open(&settings, t, LIMITS).await.unwrap()
+}
+
+/// Stores `visitors` visitors of `per_visitor` events in Redis under a
+/// fresh prefix and measures their memory (1000 of them sampled), then
+/// removes them.
+fn redis_fill(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    visitors: usize,
+    per_visitor: usize,
+) -> VisitorMemory {
+    let t = Arc::new(Taxonomy::builtin());
+    let prefix = fresh_prefix(&format!("{visitors}x{per_visitor}"));
+    let cleanup = PrefixCleanup::new(url, &prefix);
+    let memory = rt.block_on(async {
+        let store = open_redis(url, &prefix, t.clone()).await;
+        track_all(&store, &t, 0..visitors, per_visitor).await;
+        let nodes = RedisNodes::connect(url).await.unwrap();
+        let step = (visitors / 1000).max(1);
+        nodes
+            .visitor_memory(
+                &prefix,
+                (0..visitors)
+                    .step_by(step)
+                    .map(|v| id(v).as_str().to_string()),
+                visitors,
+            )
+            .await
+            .unwrap()
+    });
+    assert!(
+        memory.sampled > 0,
+        "no sampled visitor has a record under {prefix:?}: has the store's key layout changed?"
+    );
+    cleanup.remove_now().unwrap();
+    memory
+}
+
 /// Stores `visitors` visitors of `per_visitor` events in groups, returns
 /// the file size.
 fn fill(rt: &tokio::runtime::Runtime, visitors: usize, per_visitor: usize) -> u64 {
@@ -49,17 +138,7 @@ fn fill(rt: &tokio::runtime::Runtime, visitors: usize, per_visitor: usize) -> u6
     let dir = tempfile::tempdir().unwrap();
     {
         let store = RedbStore::open(dir.path(), t.clone(), LIMITS).unwrap();
-        rt.block_on(async {
-            for chunk in (0..visitors).collect::<Vec<_>>().chunks(1000) {
-                let tickets: Vec<_> = chunk
-                    .iter()
-                    .map(|&v| store.track(id(v), events(&t, v, per_visitor), false))
-                    .collect();
-                for ticket in tickets {
-                    ticket.await.unwrap();
-                }
-            }
-        });
+        rt.block_on(track_all(&store, &t, 0..visitors, per_visitor));
     }
     RedbStore::file_size(dir.path()).unwrap()
 }
@@ -81,6 +160,25 @@ fn sizes(c: &mut Criterion) {
         two_hundred as f64 / (n / 10) as f64,
         (two_hundred - one_small) as f64 / ((n / 10) * 199) as f64,
     );
+    if let Some(url) = redis_url() {
+        let describe = |visitors: usize, per_visitor: usize| {
+            let m = redis_fill(&rt, &url, visitors, per_visitor);
+            format!(
+                "{visitors} visitors x {per_visitor}: {:.0} B/visitor (record {:.0} + ring {:.0} + index {:.1})",
+                m.per_visitor(),
+                m.record,
+                m.ring,
+                m.index_share()
+            )
+        };
+        // The same shapes as redb's above.
+        println!(
+            "redis memory (MEMORY USAGE, mean of up to 1000 sampled visitors): {}; {}; {}",
+            describe(n, 1),
+            describe(n, 20),
+            describe(n / 10, 200)
+        );
+    }
     let _ = c;
 }
 
@@ -144,5 +242,68 @@ fn operations(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sizes, operations);
+/// The operations above, on Redis (when `RUNG_BENCH_STORE_URL` is set).
+fn redis_operations(c: &mut Criterion) {
+    let Some(url) = redis_url() else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let t = Arc::new(Taxonomy::builtin());
+    let prefix = fresh_prefix("operations");
+    // Declared first, dropped last: after the store has stopped writing.
+    let _cleanup = PrefixCleanup::new(&url, &prefix);
+    let store = rt.block_on(open_redis(&url, &prefix, t.clone()));
+    rt.block_on(track_all(&store, &t, 0..1000, 20));
+    let mut group = c.benchmark_group("redis store");
+    group.bench_function("load a 20-event visitor", |b| {
+        let mut v = 0;
+        b.iter(|| {
+            v = (v + 1) % 1000;
+            black_box(rt.block_on(store.load(&id(v))).unwrap())
+        })
+    });
+    group.bench_function("load + score a stored visitor", |b| {
+        let mut v = 0;
+        let as_of = Millis::from_unix_millis(T0 + 86_400_000);
+        b.iter(|| {
+            v = (v + 1) % 1000;
+            let record = rt.block_on(store.load(&id(v))).unwrap().unwrap();
+            black_box(record.aggregate.observe(&t, as_of))
+        })
+    });
+    group.bench_function(
+        "one Track of 20 events, committed alone (Redis answered)",
+        |b| {
+            // Ids of their own, far from the others: a Track that met a stored
+            // visitor's event ids would be skipped as a redelivery.
+            let mut v = 1_000_000;
+            b.iter(|| {
+                v += 1;
+                let op = store.track(id(v), events(&t, v, 20), false);
+                rt.block_on(op).unwrap()
+            })
+        },
+    );
+    group.sample_size(10);
+    group.bench_function("1000 Tracks of 20 events, group-committed", |b| {
+        let mut v = 100_000_000;
+        b.iter(|| {
+            let tickets: Vec<_> = (0..1000)
+                .map(|_| {
+                    v += 1;
+                    store.track(id(v), events(&t, v, 20), false)
+                })
+                .collect();
+            rt.block_on(async {
+                for ticket in tickets {
+                    ticket.await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+    drop(store);
+}
+
+criterion_group!(benches, sizes, operations, redis_operations);
 criterion_main!(benches);

@@ -1,5 +1,7 @@
-//! `rung bench`: sets up the server and the workload, runs the scenarios
-//! round-robin for the given rounds and prints the table and the aims.
+//! `rung bench`: sets up the servers (one, or several replicas on a shared
+//! Redis) and the workload, runs the scenarios round-robin for the given
+//! rounds, prints the table and the aims, and leaves the Redis it used as
+//! it found it.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -8,7 +10,10 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use rung::domain::Millis;
 use rung::grpc::proto::intent_service_client::IntentServiceClient;
-use rung::load::{self, LoadOptions, Scenario, Workload};
+use rung::grpc::proto::GetVisitorRequest;
+use rung::load::redis_nodes::PrefixCleanup;
+use rung::load::{self, LoadOptions, RedisNodes, RunShape, Scenario, Workload};
+use rung::store::redis_store::redacted;
 use tonic::transport::Channel;
 
 struct Server {
@@ -23,7 +28,23 @@ impl Drop for Server {
     }
 }
 
-fn spawn_server(cpu: Option<usize>) -> anyhow::Result<(Server, String, u32)> {
+/// The shared store the servers use, as the bench knows it.
+struct SharedStore {
+    /// `store.url`, as given (it may hold a password: show it redacted).
+    url: String,
+    /// The key prefix of the replicas rung started: their keys are removed
+    /// at the end. `None` for servers started by someone else.
+    prefix: Option<String>,
+    nodes: Arc<RedisNodes>,
+}
+
+/// Lines of the server's log kept to explain a start that failed.
+const LOG_TAIL: usize = 20;
+
+fn spawn_server(
+    cpu: Option<usize>,
+    store: Option<&SharedStore>,
+) -> anyhow::Result<(Server, String, u32)> {
     let data = tempfile::tempdir()?;
     let exe = std::env::current_exe()?;
     let mut cmd = match cpu {
@@ -34,16 +55,22 @@ fn spawn_server(cpu: Option<usize>) -> anyhow::Result<(Server, String, u32)> {
         }
         None => Command::new(exe),
     };
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--log-format",
+        "json",
+        "--data-dir",
+    ])
+    .arg(data.path());
+    if let Some(store) = store {
+        cmd.arg("--store-url").arg(&store.url);
+        if let Some(prefix) = &store.prefix {
+            cmd.env("RUNG_STORE__KEY_PREFIX", prefix);
+        }
+    }
     let mut child = cmd
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--data-dir",
-        ])
-        .arg(data.path())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -53,9 +80,15 @@ fn spawn_server(cpu: Option<usize>) -> anyhow::Result<(Server, String, u32)> {
     let pid = child.id();
     let stderr = child.stderr.take().context("server stderr")?;
     let mut lines = BufReader::new(stderr).lines();
+    let mut said = std::collections::VecDeque::new();
     let addr = loop {
         let Some(line) = lines.next() else {
-            bail!("the server exited before serving");
+            let _ = child.wait();
+            let said: Vec<String> = said.into();
+            bail!(
+                "the server exited before serving; its last words:\n{}",
+                said.join("\n")
+            );
         };
         let line = line?;
         if line.contains("\"serving\"") {
@@ -65,6 +98,10 @@ fn spawn_server(cpu: Option<usize>) -> anyhow::Result<(Server, String, u32)> {
                 .context("serving line without addr")?
                 .to_string();
         }
+        if said.len() == LOG_TAIL {
+            said.pop_front();
+        }
+        said.push_back(line);
     };
     // Keep draining the server's log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
@@ -84,93 +121,250 @@ fn pin_self(cpu: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A key prefix no other run shares: the replicas write under it and the
+/// bench removes it at the end. It has no `{` or `}` (the store refuses
+/// them) and no glob characters.
+fn fresh_prefix() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("rung-bench-{}-{nanos}:", std::process::id())
+}
+
+/// The CPU each replica is pinned to: none, one for all, or one each.
+fn replica_cpus(cpus: &[usize], replicas: usize) -> anyhow::Result<Vec<Option<usize>>> {
+    match cpus {
+        [] => Ok(vec![None; replicas]),
+        [one] => Ok(vec![Some(*one); replicas]),
+        many if many.len() == replicas => Ok(many.iter().copied().map(Some).collect()),
+        many => bail!(
+            "--server-cpu lists {} CPUs for {replicas} replica(s): give one for all, or one per replica",
+            many.len()
+        ),
+    }
+}
+
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Read before pinning, which narrows what this process sees.
     let machine = machine();
+    let replicas = args.replicas.max(1);
+    if replicas > 1 && args.store_url.is_none() {
+        bail!(
+            "--replicas {replicas} needs --store-url: replicas with embedded stores would each \
+             keep their own visitors"
+        );
+    }
+    let cpus = replica_cpus(&args.server_cpu, replicas)?;
     if let Some(cpu) = args.client_cpu {
         pin_self(cpu)?;
     }
-    let (_server, addr, pid) = match &args.addr {
-        Some(a) => (None, a.clone(), args.server_pid),
-        None => {
-            let (s, a, p) = spawn_server(args.server_cpu)?;
-            (Some(s), a, Some(p))
-        }
-    };
     let threads = if args.client_cpu.is_some() { 1 } else { 2 };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
         .build()?;
-    rt.block_on(async move {
-        let mut channels = Vec::new();
-        for _ in 0..args.connections.max(1) {
-            channels.push(
-                Channel::from_shared(format!("http://{addr}"))?
-                    .connect()
-                    .await
-                    .with_context(|| format!("connecting to {addr}"))?,
-            );
-        }
-        let workload = Workload::simulated(args.visitors.max(1), 42, Millis::now());
-        let scenarios = if args.scenario.is_empty() {
-            Scenario::ALL.to_vec()
-        } else {
-            args.scenario.clone()
+    // Redis first: an unreachable one fails here, before any server starts.
+    let store = match &args.store_url {
+        Some(url) => Some(SharedStore {
+            url: url.clone(),
+            prefix: args.addr.is_none().then(fresh_prefix),
+            nodes: Arc::new(
+                rt.block_on(RedisNodes::connect(url))
+                    .context("connecting to --store-url")?,
+            ),
+        }),
+        None => None,
+    };
+    // Declared before the servers, so that even on a panic the servers are
+    // stopped (dropped) first and no replica writes after the clean-up.
+    let cleanup = store.as_ref().and_then(|s| {
+        let prefix = s.prefix.as_deref()?;
+        Some((
+            PrefixCleanup::new(&s.url, prefix),
+            prefix.to_string(),
+            s.url.clone(),
+        ))
+    });
+    let mut servers = Vec::new();
+    let result = (|| {
+        let (addrs, pids) = match &args.addr {
+            Some(a) => (
+                a.split(',')
+                    .map(str::trim)
+                    .filter(|a| !a.is_empty())
+                    .map(String::from)
+                    .collect(),
+                args.server_pid.clone(),
+            ),
+            None => {
+                let (mut addrs, mut pids) = (Vec::new(), Vec::new());
+                for cpu in &cpus {
+                    let (s, a, p) = spawn_server(*cpu, store.as_ref())?;
+                    servers.push(s);
+                    addrs.push(a);
+                    pids.push(p);
+                }
+                (addrs, pids)
+            }
         };
-        if scenarios.contains(&Scenario::ScoreById) {
-            let mut client = IntentServiceClient::new(channels[0].clone());
-            let stored = workload.to_store();
-            let n = stored.len();
-            let summary = client
-                .track_stream(tokio_stream::iter(stored))
+        rt.block_on(measure(&args, &machine, addrs, pids, store.as_ref()))
+    })();
+    // Stop the replicas before removing their keys, so none writes after.
+    drop(servers);
+    if let Some((cleanup, prefix, url)) = cleanup {
+        let removed = cleanup.remove_now().with_context(|| {
+            format!(
+                "removing the bench's keys (prefix {prefix:?}) from {}",
+                redacted(&url)
+            )
+        })?;
+        eprintln!("removed the bench's {removed} keys (prefix {prefix:?}) from Redis");
+    }
+    result
+}
+
+async fn measure(
+    args: &BenchArgs,
+    machine: &str,
+    addrs: Vec<String>,
+    pids: Vec<u32>,
+    store: Option<&SharedStore>,
+) -> anyhow::Result<()> {
+    if addrs.is_empty() {
+        bail!("--addr names no server");
+    }
+    // Every server gets at least one connection; connection k goes to
+    // server k mod n (round-robin, as a load balancer would spread them).
+    let connections = args.connections.max(addrs.len());
+    if connections > args.connections {
+        eprintln!(
+            "{connections} connections, one at least for each of the {} servers",
+            addrs.len()
+        );
+    }
+    let mut channels = Vec::new();
+    for k in 0..connections {
+        let addr = &addrs[k % addrs.len()];
+        channels.push(
+            Channel::from_shared(format!("http://{addr}"))?
+                .connect()
                 .await
-                .context("storing the workload's visitors")?
-                .into_inner();
-            eprintln!(
-                "stored {n} visitors ({} events) for Score by id",
-                summary.accepted + summary.duplicates
+                .with_context(|| format!("connecting to {addr}"))?,
+        );
+    }
+    let workload = Workload::simulated(args.visitors.max(1), 42, Millis::now());
+    let scenarios = if args.scenario.is_empty() {
+        Scenario::ALL.to_vec()
+    } else {
+        args.scenario.clone()
+    };
+    if scenarios.contains(&Scenario::ScoreById) {
+        // Through one server: with a shared store every replica reads what
+        // any replica stored, once it has answered.
+        let mut client = IntentServiceClient::new(channels[0].clone())
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        let stored = workload.to_store();
+        let n = stored.len();
+        let last = stored.last().map(|m| m.visitor_id.clone());
+        let summary = client
+            .track_stream(tokio_stream::iter(stored))
+            .await
+            .context("storing the workload's visitors")?
+            .into_inner();
+        if let Some(r) = summary.rejections.first() {
+            bail!(
+                "storing the workload's visitors: {} message(s) refused, the first: {}",
+                summary.rejected,
+                r.reason
             );
         }
-        let workload = Arc::new(workload);
-        let rounds = args.rounds.max(1);
-        let opts = LoadOptions {
-            connections: channels.len(),
-            in_flight: args.in_flight.max(1),
-            warmup: args.warmup / rounds,
-            duration: args.duration / rounds,
-            requests: args.requests.map(|n| n.div_ceil(u64::from(rounds)).max(1)),
-            server_pid: pid,
-            min_cpu_sample: load::MIN_CPU_SAMPLE,
-            stream_messages: args.stream_messages.max(1),
-        };
-        let mut reports: Vec<load::Report> = Vec::new();
-        for round in 0..rounds {
-            for (k, &s) in scenarios.iter().enumerate() {
-                eprintln!("round {}/{rounds}: {} ...", round + 1, s.name());
-                let r = load::run(s, &channels, workload.clone(), &opts).await;
-                match reports.get_mut(k) {
-                    Some(total) => total.merge(r),
-                    None => reports.push(r),
+        eprintln!(
+            "stored {n} visitors ({} events) for Score by id",
+            summary.accepted + summary.duplicates
+        );
+        // A Score by id of a visitor a server does not know still answers
+        // (with no points), so no error would show a replica that cannot
+        // see them: ask each server for the last one stored.
+        if let Some(last) = last {
+            for (k, addr) in addrs.iter().enumerate() {
+                let mut client = IntentServiceClient::new(channels[k].clone());
+                let found = client
+                    .get_visitor(GetVisitorRequest {
+                        visitor_id: last.clone(),
+                        max_events: 0,
+                    })
+                    .await;
+                match found {
+                    Ok(_) => {}
+                    Err(s) if s.code() == tonic::Code::NotFound => bail!(
+                        "the server at {addr} does not know the visitors stored through {}: \
+                         do the servers share one store?",
+                        addrs[0]
+                    ),
+                    Err(s) => bail!("asking {addr} for a stored visitor: {s}"),
                 }
             }
         }
-        let measured = match args.requests {
-            Some(n) => format!("{n} calls"),
-            None => format!("{:?}", args.duration),
-        };
-        println!(
-            "{} connection(s) x {} in flight; per scenario {:?} warm-up and {measured} \
-             measured, in {rounds} round(s); {}\n",
-            opts.connections, opts.in_flight, args.warmup, machine
-        );
-        print!("{}", load::table(&reports));
-        let aims = load::aims(&reports, opts.connections * opts.in_flight);
-        if !aims.is_empty() {
-            print!("\nAims (issue 6):\n\n{}", load::aims_table(&aims));
+    }
+    let workload = Arc::new(workload);
+    let rounds = args.rounds.max(1);
+    let opts = LoadOptions {
+        connections: channels.len(),
+        in_flight: args.in_flight.max(1),
+        warmup: args.warmup / rounds,
+        duration: args.duration / rounds,
+        requests: args.requests.map(|n| n.div_ceil(u64::from(rounds)).max(1)),
+        server_pids: pids,
+        redis: store.map(|s| s.nodes.clone()),
+        min_cpu_sample: load::MIN_CPU_SAMPLE,
+        stream_messages: args.stream_messages.max(1),
+    };
+    let mut reports: Vec<load::Report> = Vec::new();
+    for round in 0..rounds {
+        for (k, &s) in scenarios.iter().enumerate() {
+            eprintln!("round {}/{rounds}: {} ...", round + 1, s.name());
+            let r = load::run(s, &channels, workload.clone(), &opts).await;
+            match reports.get_mut(k) {
+                Some(total) => total.merge(r),
+                None => reports.push(r),
+            }
         }
-        anyhow::Ok(())
-    })
+    }
+    let measured = match args.requests {
+        Some(n) => format!("{n} calls"),
+        None => format!("{:?}", args.duration),
+    };
+    println!(
+        "{} connection(s) x {} in flight; per scenario {:?} warm-up and {measured} \
+         measured, in {rounds} round(s); {}",
+        opts.connections, opts.in_flight, args.warmup, machine
+    );
+    let servers = match addrs.len() {
+        1 => "1 server".to_string(),
+        n => format!("{n} replicas"),
+    };
+    match store {
+        Some(s) => println!(
+            "{servers} on Redis at {} ({} node(s)); CPU per call: rung's summed over {}, Redis's over its nodes\n",
+            redacted(&s.url),
+            s.nodes.len(),
+            if addrs.len() == 1 { "the server" } else { "the replicas" },
+        ),
+        None => println!("{servers}, embedded store (redb)\n"),
+    }
+    print!("{}", load::table(&reports));
+    let aims = load::aims(
+        &reports,
+        RunShape {
+            concurrency: opts.connections * opts.in_flight,
+            shared_store: store.is_some(),
+        },
+    );
+    if !aims.is_empty() {
+        print!("\nAims:\n\n{}", load::aims_table(&aims));
+    }
+    Ok(())
 }
 
 fn machine() -> String {
@@ -189,17 +383,28 @@ fn machine() -> String {
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// A running server (host:port). Without it, rung starts its own on a
-    /// fresh data directory and measures that.
+    /// Running servers (host:port; several, comma-separated, for replicas
+    /// behind a load balancer: connections are spread over them
+    /// round-robin). Without it, rung starts its own and measures those.
     #[arg(long)]
     pub addr: Option<String>,
-    /// The server's process id, for CPU per call (known when rung starts it).
+    /// The servers' process ids (comma-separated), for CPU per call, which
+    /// is their sum (known when rung starts them).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
+    /// A shared Redis (redis://…; several, comma-separated, for a Redis
+    /// Cluster). The servers rung starts use it, under a fresh key prefix
+    /// whose keys are removed at the end; with --addr, the servers there
+    /// are taken to use it. Either way its CPU per call is reported.
     #[arg(long)]
-    pub server_pid: Option<u32>,
+    pub store_url: Option<String>,
+    /// `rung serve` replicas to start on --store-url.
+    #[arg(long, default_value_t = 1, conflicts_with = "addr")]
+    pub replicas: usize,
     /// Scenarios to run, in order [default: all].
     #[arg(long, value_enum, num_args = 1..)]
     pub scenario: Vec<rung::load::Scenario>,
-    /// HTTP/2 connections.
+    /// HTTP/2 connections (at least one per server).
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
     /// Calls in flight per connection.
@@ -225,10 +430,33 @@ pub struct BenchArgs {
     /// Messages of 100 events per TrackStream call.
     #[arg(long, default_value_t = 50)]
     pub stream_messages: usize,
-    /// Pin the server rung starts to this CPU (taskset).
-    #[arg(long)]
-    pub server_cpu: Option<usize>,
+    /// Pin the servers rung starts to this CPU (taskset): one for all, or
+    /// one per replica, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub server_cpu: Vec<usize>,
     /// Pin this load generator to this CPU.
     #[arg(long)]
     pub client_cpu: Option<usize>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_cpus_are_one_for_all_or_one_per_replica() {
+        assert_eq!(replica_cpus(&[], 2).unwrap(), vec![None, None]);
+        assert_eq!(replica_cpus(&[0], 2).unwrap(), vec![Some(0), Some(0)]);
+        assert_eq!(replica_cpus(&[0, 1], 2).unwrap(), vec![Some(0), Some(1)]);
+        let err = replica_cpus(&[0, 1, 2], 2).unwrap_err().to_string();
+        assert!(err.contains("3 CPUs for 2 replica(s)"), "{err}");
+    }
+
+    #[test]
+    fn a_fresh_prefix_is_a_valid_key_prefix_that_matches_only_itself() {
+        let p = fresh_prefix();
+        assert!(p.starts_with(&format!("rung-bench-{}-", std::process::id())));
+        assert!(p.ends_with(':'));
+        assert!(!p.contains(['{', '}', '*', '?', '[', ']', '\\']), "{p}");
+    }
 }

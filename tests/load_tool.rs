@@ -1,6 +1,8 @@
 //! The load generator (`rung bench`'s engine) against a real server: every
 //! scenario completes calls without errors, counts its units, and the
-//! pre-encoded requests it sends are answered exactly like typed ones.
+//! pre-encoded requests it sends are answered exactly like typed ones; and
+//! `rung bench` over a Redis of the test's own, with two replicas, leaves
+//! that Redis as it found it.
 
 mod common;
 
@@ -48,7 +50,8 @@ async fn every_scenario_runs_without_errors_and_counts_its_units() {
         warmup: Duration::ZERO,
         duration: Duration::from_millis(500),
         requests: None,
-        server_pid: Some(std::process::id()),
+        server_pids: vec![std::process::id()],
+        redis: None,
         // Fsync-bound scenarios may use little CPU in 500 ms on a busy
         // machine; one 10 ms tick is enough to show the figure is read.
         min_cpu_sample: Duration::from_millis(10),
@@ -88,7 +91,8 @@ async fn a_request_count_measures_exactly_that_many_calls() {
             // Would end long before the count if it applied.
             duration: Duration::ZERO,
             requests: Some(requests),
-            server_pid: None,
+            server_pids: Vec::new(),
+            redis: None,
             min_cpu_sample: load::MIN_CPU_SAMPLE,
             stream_messages: 1,
         };
@@ -172,4 +176,76 @@ async fn pre_encoded_requests_get_the_same_answers_as_typed_ones() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     app.stop().await;
+}
+
+/// The row of `scenario` in `rung bench`'s table, as trimmed cells.
+fn row<'a>(stdout: &'a str, scenario: &str) -> Vec<&'a str> {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(&format!("| {scenario} |")))
+        .unwrap_or_else(|| panic!("no row for {scenario}:\n{stdout}"));
+    line.split('|').map(str::trim).collect()
+}
+
+#[test]
+fn rung_bench_over_redis_with_two_replicas_reports_both_scenarios_and_removes_its_keys() {
+    // A Redis of this test's own: nothing else writes there, so "as found"
+    // means empty.
+    let redis = common::redis::RedisServer::start();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_rung"))
+        .args(["bench", "--store-url", &redis.url(), "--replicas", "2"])
+        .args(["--requests", "40", "--warmup", "50ms", "--in-flight", "2"])
+        .args(["--visitors", "20", "--stream-messages", "2"])
+        .args(["--scenario", "score-by-id", "track-stream"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+
+    // Two replicas, one connection each at least, on the shared store.
+    assert!(stdout.contains("2 connection(s) x 2 in flight"), "{stdout}");
+    assert!(stdout.contains("2 replicas on Redis at"), "{stdout}");
+    assert!(stderr.contains("stored 20 visitors"), "{stderr}");
+    let header = row(&stdout, "scenario");
+    let calls = header.iter().position(|c| *c == "calls/s").unwrap();
+    let redis_cpu = header
+        .iter()
+        .position(|c| *c == "Redis CPU µs/call")
+        .unwrap_or_else(|| panic!("no Redis column:\n{stdout}"));
+    for scenario in ["Score by id", "TrackStream (batches of 100)"] {
+        let cells = row(&stdout, scenario);
+        let rate: f64 = cells[calls].parse().unwrap();
+        assert!(rate > 0.0, "{scenario} made no calls:\n{stdout}");
+        // | name | ... | errors |: no call failed.
+        assert_eq!(cells[cells.len() - 2], "0", "{scenario}:\n{stdout}");
+        assert!(
+            cells[redis_cpu].parse::<f64>().is_ok(),
+            "{scenario}: Redis CPU {:?}",
+            cells[redis_cpu]
+        );
+    }
+    assert!(
+        stdout.contains("| TrackStream ≥ 100,000 events/s |"),
+        "{stdout}"
+    );
+
+    // The replicas wrote keys, and the bench removed every one of them.
+    let removed: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("removed the bench's ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no clean-up line:\n{stderr}"));
+    assert!(removed > 20, "{removed} keys removed:\n{stderr}");
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let left: u64 = redis::cmd("DBSIZE").query(&mut conn).unwrap();
+    assert_eq!(left, 0, "keys left in Redis after the bench");
 }

@@ -1,15 +1,19 @@
 //! The load generator behind `rung bench`: a closed loop of real gRPC calls
 //! (connections × calls in flight), latency in an HDR histogram, errors by
-//! status code, and the server's CPU time per call read from
-//! `/proc/<pid>/stat`, so figures stay meaningful when the client is the
-//! bottleneck. Each scenario is reported next to Health/Check, the smallest
-//! unary call: the transport's floor.
+//! status code, and the servers' CPU time per call read from
+//! `/proc/<pid>/stat` (summed over the replicas), so figures stay
+//! meaningful when the client is the bottleneck; with a shared store, the
+//! Redis nodes' CPU per call from `INFO cpu` as well ([`redis_nodes`]).
+//! Each scenario is reported next to Health/Check, the smallest unary call:
+//! the transport's floor.
 
 pub mod raw;
+pub mod redis_nodes;
 pub mod workload;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -21,6 +25,7 @@ use crate::grpc::proto::intent_service_client::IntentServiceClient;
 use crate::grpc::proto::TrackRequest;
 
 pub use raw::RawClient;
+pub use redis_nodes::RedisNodes;
 pub use workload::Workload;
 
 const SCORE: &str = "/rung.v1.IntentService/Score";
@@ -85,8 +90,11 @@ pub struct LoadOptions {
     /// Measure exactly this many calls (after the warm-up) instead of for
     /// `duration`; failed calls count.
     pub requests: Option<u64>,
-    /// The server process, for CPU time per call.
-    pub server_pid: Option<u32>,
+    /// The server processes (every replica), for CPU time per call: their
+    /// times are added up. Empty: no server CPU figure.
+    pub server_pids: Vec<u32>,
+    /// The Redis behind a shared store, for its CPU time per call.
+    pub redis: Option<Arc<RedisNodes>>,
     /// Below this much server CPU in a run no per-call figure is given
     /// (normally [`MIN_CPU_SAMPLE`]).
     pub min_cpu_sample: Duration,
@@ -103,8 +111,11 @@ pub struct Report {
     /// Microseconds.
     pub latency: Histogram<u64>,
     pub errors: BTreeMap<String, u64>,
-    /// Server CPU (user + system) per call, microseconds.
+    /// Server CPU (user + system, all replicas) per call, microseconds.
     pub server_cpu_per_call_us: Option<f64>,
+    /// Redis CPU (user + system, all nodes) per call, microseconds; only
+    /// with a shared store.
+    pub redis_cpu_per_call_us: Option<f64>,
 }
 
 impl Report {
@@ -123,14 +134,16 @@ impl Report {
     /// Adds another run of the same scenario (a later round) to this one.
     pub fn merge(&mut self, other: Report) {
         debug_assert_eq!(self.scenario, other.scenario);
+        let (n, m) = (self.calls, other.calls);
+        // Weighted by calls; a round without a figure leaves it unknown.
+        let weighted = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if n + m > 0 => Some((a * n as f64 + b * m as f64) / (n + m) as f64),
+            _ => None,
+        };
         self.server_cpu_per_call_us =
-            match (self.server_cpu_per_call_us, other.server_cpu_per_call_us) {
-                (Some(a), Some(b)) if self.calls + other.calls > 0 => Some(
-                    (a * self.calls as f64 + b * other.calls as f64)
-                        / (self.calls + other.calls) as f64,
-                ),
-                _ => None,
-            };
+            weighted(self.server_cpu_per_call_us, other.server_cpu_per_call_us);
+        self.redis_cpu_per_call_us =
+            weighted(self.redis_cpu_per_call_us, other.redis_cpu_per_call_us);
         self.calls += other.calls;
         self.units += other.units;
         self.seconds += other.seconds;
@@ -160,6 +173,56 @@ pub fn process_cpu(pid: u32) -> Option<Duration> {
     Some(Duration::from_micros(ticks * 1_000_000 / per_sec))
 }
 
+/// The servers' CPU time so far, added up; `None` without pids or when one
+/// cannot be read (a replica gone).
+pub fn processes_cpu(pids: &[u32]) -> Option<Duration> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|&p| process_cpu(p)).sum()
+}
+
+/// CPU time so far of the servers and of Redis, read at one moment.
+#[derive(Debug, Clone, Copy, Default)]
+struct CpuReading {
+    servers: Option<Duration>,
+    redis: Option<Duration>,
+}
+
+async fn read_cpu(opts: &LoadOptions) -> CpuReading {
+    let redis = match &opts.redis {
+        Some(nodes) => match nodes.cpu().await {
+            Ok(cpu) => Some(cpu),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read Redis's CPU time");
+                None
+            }
+        },
+        None => None,
+    };
+    CpuReading {
+        servers: processes_cpu(&opts.server_pids),
+        redis,
+    }
+}
+
+/// A tag unique to one [`run`] call, in this process and across processes,
+/// put in the ids of the visitors that Track and TrackStream create. Without
+/// it a later round, or a later `rung bench` on the same store, sends the
+/// very same visitors and event ids again, and the store skips them all as
+/// redeliveries: Track would measure duplicate detection, not writes.
+fn run_tag() -> String {
+    static PROCESS: OnceLock<String> = OnceLock::new();
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    let process = PROCESS.get_or_init(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        format!("{:x}{:x}", std::process::id(), nanos)
+    });
+    format!("{process}-{}", RUNS.fetch_add(1, Ordering::Relaxed))
+}
+
 /// Runs one scenario against `channels` (one per connection).
 pub async fn run(
     scenario: Scenario,
@@ -171,7 +234,8 @@ pub async fn run(
     let measure_from = start + opts.warmup;
     let end = measure_from + opts.duration;
     let mut tasks = Vec::new();
-    let cpu_before = Arc::new(tokio::sync::OnceCell::new());
+    let cpu_before = Arc::new(tokio::sync::OnceCell::<CpuReading>::new());
+    let tag: Arc<str> = run_tag().into();
     // Calls still to be measured, when counting calls instead of time.
     let budget = Arc::new(std::sync::atomic::AtomicU64::new(
         opts.requests.unwrap_or(0),
@@ -183,9 +247,10 @@ pub async fn run(
             let opts = opts.clone();
             let cpu_before = cpu_before.clone();
             let budget = budget.clone();
+            let tag = tag.clone();
             let seed = (c * opts.in_flight + f) as u64;
             tasks.push(tokio::spawn(async move {
-                let mut caller = Caller::new(channel, workload, seed, opts.stream_messages);
+                let mut caller = Caller::new(channel, workload, tag, seed, opts.stream_messages);
                 let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
                 let (mut calls, mut units) = (0u64, 0u64);
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
@@ -210,10 +275,8 @@ pub async fn run(
                     if t0 < measure_from {
                         continue;
                     }
-                    if let Some(pid) = opts.server_pid {
-                        cpu_before
-                            .get_or_init(|| async move { process_cpu(pid) })
-                            .await;
+                    if !opts.server_pids.is_empty() || opts.redis.is_some() {
+                        cpu_before.get_or_init(|| read_cpu(&opts)).await;
                     }
                     match result {
                         Ok(n) => {
@@ -249,13 +312,27 @@ pub async fn run(
         }
     }
     let seconds = (Instant::now() - measure_from).as_secs_f64().max(1e-9);
-    let server_cpu_per_call_us = match (opts.server_pid, cpu_before.get().copied().flatten()) {
-        (Some(pid), Some(before)) => process_cpu(pid)
-            .map(|after| after.saturating_sub(before))
-            .filter(|spent| *spent >= opts.min_cpu_sample)
-            .map(|spent| spent.as_secs_f64() * 1e6 / calls.max(1) as f64),
-        _ => None,
+    let before = cpu_before.get().copied().unwrap_or_default();
+    let after = match before {
+        CpuReading {
+            servers: None,
+            redis: None,
+        } => CpuReading::default(),
+        _ => read_cpu(opts).await,
     };
+    let per_call = |spent: Duration| spent.as_secs_f64() * 1e6 / calls.max(1) as f64;
+    let server_cpu_per_call_us = before
+        .servers
+        .zip(after.servers)
+        .map(|(b, a)| a.saturating_sub(b))
+        .filter(|spent| *spent >= opts.min_cpu_sample)
+        .map(per_call);
+    // Redis counts in microseconds: no minimum sample. A figure near 0
+    // (Health) is Redis's own background work, spread over the calls.
+    let redis_cpu_per_call_us = before
+        .redis
+        .zip(after.redis)
+        .map(|(b, a)| per_call(a.saturating_sub(b)));
     Report {
         scenario,
         calls,
@@ -264,6 +341,7 @@ pub async fn run(
         latency,
         errors,
         server_cpu_per_call_us,
+        redis_cpu_per_call_us,
     }
 }
 
@@ -276,19 +354,28 @@ struct Caller {
     intent: IntentServiceClient<Channel>,
     raw: RawClient,
     workload: Arc<Workload>,
+    /// The run's [`run_tag`], in the ids of the visitors this caller writes.
+    tag: Arc<str>,
     n: u64,
     seed: u64,
     stream_messages: usize,
 }
 
 impl Caller {
-    fn new(channel: Channel, workload: Arc<Workload>, seed: u64, stream_messages: usize) -> Caller {
+    fn new(
+        channel: Channel,
+        workload: Arc<Workload>,
+        tag: Arc<str>,
+        seed: u64,
+        stream_messages: usize,
+    ) -> Caller {
         Caller {
             intent: IntentServiceClient::new(channel.clone())
                 .max_decoding_message_size(64 << 20)
                 .max_encoding_message_size(64 << 20),
             raw: RawClient::new(channel),
             workload,
+            tag,
             n: 0,
             seed,
             stream_messages,
@@ -333,7 +420,7 @@ impl Caller {
             Scenario::Track => {
                 let (_, events) = w.visitor(i);
                 let req = TrackRequest {
-                    visitor_id: format!("bench-track-{}-{}", self.seed, self.n),
+                    visitor_id: format!("bench-track-{}-{}-{}", self.tag, self.seed, self.n),
                     events: events.to_vec(),
                 };
                 let n = req.events.len() as u64;
@@ -343,7 +430,8 @@ impl Caller {
             Scenario::TrackStream => {
                 let messages: Vec<TrackRequest> = (0..self.stream_messages)
                     .map(|k| {
-                        w.batch_of_100(&format!("bench-stream-{}-{}-{k}", self.seed, self.n), i + k)
+                        let id = format!("bench-stream-{}-{}-{}-{k}", self.tag, self.seed, self.n);
+                        w.batch_of_100(&id, i + k)
                     })
                     .collect();
                 let summary = self
@@ -361,17 +449,28 @@ impl Caller {
     }
 }
 
-/// The figures as a Markdown table, each scenario's ratio to Health's.
+/// The figures as a Markdown table, each scenario's ratio to Health's. A
+/// column of Redis's CPU per call follows the servers' when any run has
+/// that figure (a shared store).
 pub fn table(reports: &[Report]) -> String {
     let health = reports.iter().find(|r| r.scenario == Scenario::Health);
+    let with_redis = reports.iter().any(|r| r.redis_cpu_per_call_us.is_some());
     let mut out = String::from(
-        "| scenario | calls/s | units/s | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU µs/call | vs Health calls/s | vs Health p99 | errors |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | calls/s | units/s | p50 µs | p90 µs | p99 µs | p99.9 µs | server CPU µs/call |",
     );
+    if with_redis {
+        out.push_str(" Redis CPU µs/call |");
+    }
+    out.push_str(" vs Health calls/s | vs Health p99 | errors |\n");
+    let columns = if with_redis { 12 } else { 11 };
+    out.push_str(&"|---".repeat(columns));
+    out.push_str("|\n");
+    let figure = |v: Option<f64>| v.map_or("n/a".to_string(), |c| format!("{c:.1}"));
     for r in reports {
-        let cpu = r
-            .server_cpu_per_call_us
-            .map_or("n/a".to_string(), |c| format!("{c:.1}"));
+        let mut cpu = figure(r.server_cpu_per_call_us);
+        if with_redis {
+            cpu = format!("{cpu} | {}", figure(r.redis_cpu_per_call_us));
+        }
         let (ratio, p99) = match health {
             Some(h) if h.calls > 0 => (
                 format!("{:.2}", r.calls_per_sec() / h.calls_per_sec()),
@@ -410,7 +509,7 @@ pub fn table(reports: &[Report]) -> String {
     out
 }
 
-/// One of issue 6's aims, judged on one run's reports.
+/// One of the aims set by the issues, judged on one run's reports.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aim {
     pub aim: &'static str,
@@ -421,11 +520,32 @@ pub struct Aim {
 /// Visitors of 20 events scored per second of server CPU, the ScoreBatch aim.
 pub const BATCH_VISITORS_PER_CORE_SECOND: f64 = 1_000_000.0;
 
-/// The aims that apply to a run at this concurrency: throughput next to
-/// Health under load, p99 next to Health at concurrency 1, CPU per call
-/// next to Health, and ScoreBatch visitors per second of server CPU. Aims
-/// whose scenarios did not run (or had no CPU figure) are left out.
-pub fn aims(reports: &[Report], concurrency: usize) -> Vec<Aim> {
+/// Calls in flight from which the shared store's Score-by-id latency aim
+/// is judged.
+pub const SHARED_STORE_CONCURRENCY: usize = 64;
+/// Score by id's p99 must stay under this over a shared store, microseconds.
+pub const SCORE_BY_ID_P99_US: u64 = 1_000;
+/// Events per second TrackStream must store in a shared store.
+pub const TRACK_STREAM_EVENTS_PER_SEC: f64 = 100_000.0;
+
+/// How a run was set up, as far as the aims care.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunShape {
+    /// Connections × calls in flight on each.
+    pub concurrency: usize,
+    /// The servers kept visitors in a shared store (Redis), not each in
+    /// its own embedded one.
+    pub shared_store: bool,
+}
+
+/// The aims that apply to a run of this shape: throughput next to Health
+/// under load, p99 next to Health at concurrency 1, CPU per call next to
+/// Health, ScoreBatch visitors per second of server CPU; and over a shared
+/// store, Score by id's p99 at concurrency 64 or more and TrackStream's
+/// events per second. Aims whose scenarios did not run (or had no CPU
+/// figure) are left out.
+pub fn aims(reports: &[Report], shape: RunShape) -> Vec<Aim> {
+    let concurrency = shape.concurrency;
     let find = |s| reports.iter().find(|r| r.scenario == s && r.calls > 0);
     let mut out = Vec::new();
     if let (Some(h), Some(s)) = (find(Scenario::Health), find(Scenario::Score)) {
@@ -464,6 +584,26 @@ pub fn aims(reports: &[Report], concurrency: usize) -> Vec<Aim> {
             met: per_core >= BATCH_VISITORS_PER_CORE_SECOND,
         });
     }
+    if shape.shared_store {
+        if let Some(s) = find(Scenario::ScoreById) {
+            if concurrency >= SHARED_STORE_CONCURRENCY {
+                let p99 = s.quantile_us(0.99);
+                out.push(Aim {
+                    aim: "Score by id p99 < 1 ms at concurrency 64",
+                    measured: format!("{p99} µs at concurrency {concurrency}"),
+                    met: p99 < SCORE_BY_ID_P99_US,
+                });
+            }
+        }
+        if let Some(t) = find(Scenario::TrackStream) {
+            let rate = t.units_per_sec();
+            out.push(Aim {
+                aim: "TrackStream ≥ 100,000 events/s",
+                measured: format!("{rate:.0} events/s"),
+                met: rate >= TRACK_STREAM_EVENTS_PER_SEC,
+            });
+        }
+    }
     out
 }
 
@@ -494,6 +634,14 @@ mod tests {
             latency,
             errors: BTreeMap::new(),
             server_cpu_per_call_us: cpu,
+            redis_cpu_per_call_us: None,
+        }
+    }
+
+    fn shape(concurrency: usize, shared_store: bool) -> RunShape {
+        RunShape {
+            concurrency,
+            shared_store,
         }
     }
 
@@ -506,7 +654,7 @@ mod tests {
             report(Scenario::Score, 1820, &[100], Some(13.5)),
             report(Scenario::ScoreBatch, 10, &[100], Some(125.0)),
         ];
-        let aims = aims(&reports, 256);
+        let aims = aims(&reports, shape(256, false));
         assert_eq!(aims.len(), 3);
         assert_eq!((aims[0].measured.as_str(), aims[0].met), ("91%", true));
         assert_eq!((aims[1].measured.as_str(), aims[1].met), ("+3.5 µs", false));
@@ -525,7 +673,7 @@ mod tests {
             report(Scenario::Health, 100, &health, None),
             report(Scenario::Score, 100, &score, None),
         ];
-        let aims = aims(&reports, 1);
+        let aims = aims(&reports, shape(1, false));
         assert_eq!(aims.len(), 1, "no CPU figures, no CPU aim");
         assert_eq!(aims[0].aim, "Score p99 ≤ Health's p99 + 50 µs");
         assert_eq!((aims[0].measured.as_str(), aims[0].met), ("+40 µs", true));
@@ -552,8 +700,77 @@ mod tests {
     }
 
     #[test]
+    fn redis_cpu_merges_weighted_by_calls_like_the_servers() {
+        // 100 calls at 4 µs of Redis CPU, then 300 at 8 µs: 7 µs per call.
+        let mut a = report(Scenario::ScoreById, 100, &[5], None);
+        a.redis_cpu_per_call_us = Some(4.0);
+        let mut b = report(Scenario::ScoreById, 300, &[5], None);
+        b.redis_cpu_per_call_us = Some(8.0);
+        a.merge(b);
+        assert_eq!(a.redis_cpu_per_call_us, Some(7.0));
+    }
+
+    #[test]
+    fn a_shared_store_adds_score_by_id_latency_and_track_stream_aims() {
+        // 100 Score-by-id samples: 98 at 500 µs, 2 at 1,500 µs, so the
+        // p99 (the 99th smallest) is 1,500 µs: missed. TrackStream: 250,000
+        // events in 2 s is 125,000 events/s: met.
+        let mut latencies = vec![500; 98];
+        latencies.extend([1_500, 1_500]);
+        let mut stream = report(Scenario::TrackStream, 50, &[10_000], None);
+        stream.units = 250_000;
+        let reports = [report(Scenario::ScoreById, 100, &latencies, None), stream];
+
+        let aims_at_64 = aims(&reports, shape(64, true));
+        assert_eq!(aims_at_64.len(), 2, "{aims_at_64:?}");
+        assert_eq!(
+            aims_at_64[0].aim,
+            "Score by id p99 < 1 ms at concurrency 64"
+        );
+        assert!(!aims_at_64[0].met);
+        assert_eq!(aims_at_64[0].measured, "1500 µs at concurrency 64");
+        assert_eq!(
+            (aims_at_64[1].measured.as_str(), aims_at_64[1].met),
+            ("125000 events/s", true)
+        );
+
+        // Below 64 calls in flight the latency aim is not judged.
+        let aims_at_16 = aims(&reports, shape(16, true));
+        assert_eq!(aims_at_16.len(), 1);
+        assert_eq!(aims_at_16[0].aim, "TrackStream ≥ 100,000 events/s");
+        // Without a shared store neither is.
+        assert!(aims(&reports, shape(64, false)).is_empty());
+    }
+
+    #[test]
+    fn every_run_writes_visitors_of_its_own() {
+        // Track and TrackStream put the tag in their visitor ids: a second
+        // run (a later round) must not re-send the first run's events.
+        let (a, b) = (run_tag(), run_tag());
+        assert_ne!(a, b);
+        let process = a.rsplit_once('-').unwrap().0;
+        assert_eq!(b.rsplit_once('-').unwrap().0, process);
+    }
+
+    #[test]
+    fn the_redis_column_appears_only_with_a_redis_figure() {
+        let mut reports = vec![report(Scenario::Health, 100, &[10], Some(5.0))];
+        let without = table(&reports);
+        assert!(!without.contains("Redis CPU"), "{without}");
+        reports[0].redis_cpu_per_call_us = Some(1.5);
+        let with = table(&reports);
+        let lines: Vec<&str> = with.lines().collect();
+        assert!(lines[0].contains("| server CPU µs/call | Redis CPU µs/call |"));
+        // Header, separator and row have the same number of cells.
+        let cells = |l: &str| l.matches('|').count();
+        assert_eq!(cells(lines[0]), cells(lines[1]));
+        assert_eq!(cells(lines[0]), cells(lines[2]));
+        assert!(lines[2].contains("| 5.0 | 1.5 |"), "{}", lines[2]);
+    }
+
+    #[test]
     fn scenarios_that_did_not_run_have_no_aims() {
         let reports = [report(Scenario::Health, 100, &[10], Some(5.0))];
-        assert!(aims(&reports, 256).is_empty());
+        assert!(aims(&reports, shape(256, false)).is_empty());
     }
 }
