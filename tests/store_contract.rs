@@ -674,3 +674,42 @@ async fn a_model_announcement_crosses_one_redis() {
 async fn a_model_announcement_crosses_a_redis_cluster() {
     a_model_announcement_reaches_the_other_replica(common::redis::shared_cluster().url()).await;
 }
+
+/// Every replica runs the retention purge; run at once, they erase each
+/// inactive visitor once and no active one.
+async fn replicas_purging_at_once_erase_each_inactive_visitor_once(url: String) {
+    let t = Taxonomy::builtin();
+    let (a, b) = two_replicas(url).await;
+    for i in 0..30 {
+        let minute = if i % 3 == 0 { 600 } else { i };
+        a.track(
+            visitor(&format!("p{i}")),
+            vec![new_event(&t, "page_view", minute, "")],
+            false,
+        )
+        .await
+        .unwrap();
+    }
+
+    let (pa, pb) = tokio::join!(a.purge(at(300), 1000), b.purge(at(300), 1000));
+
+    let erased = pa.unwrap().visitors + pb.unwrap().visitors;
+    assert_eq!(erased, 20);
+    let left = ids(&scan_all(&a, Millis::from_unix_millis(i64::MIN), 100).await);
+    let expected: BTreeSet<String> = (0..30).step_by(3).map(|i| format!("p{i}")).collect();
+    assert_eq!(left.into_iter().collect::<BTreeSet<_>>(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_purging_at_once_on_one_redis() {
+    replicas_purging_at_once_erase_each_inactive_visitor_once(common::redis::shared_server().url())
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_purging_at_once_on_a_redis_cluster() {
+    replicas_purging_at_once_erase_each_inactive_visitor_once(
+        common::redis::shared_cluster().url(),
+    )
+    .await;
+}
