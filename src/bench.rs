@@ -319,6 +319,7 @@ async fn measure(
         redis: store.map(|s| s.nodes.clone()),
         min_cpu_sample: load::MIN_CPU_SAMPLE,
         stream_messages: args.stream_messages.max(1),
+        rate: args.rate,
     };
     let mut reports: Vec<load::Report> = Vec::new();
     for round in 0..rounds {
@@ -434,6 +435,11 @@ pub struct BenchArgs {
     /// one per replica, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub server_cpu: Vec<usize>,
+    /// Open loop: send this many calls per second in all (spread over the
+    /// connections × in-flight callers, each on a fixed schedule) instead
+    /// of a closed loop; latency counts from when each call was due.
+    #[arg(long)]
+    pub rate: Option<f64>,
     /// Pin this load generator to this CPU.
     #[arg(long)]
     pub client_cpu: Option<usize>,

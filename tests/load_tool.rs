@@ -56,6 +56,7 @@ async fn every_scenario_runs_without_errors_and_counts_its_units() {
         // machine; one 10 ms tick is enough to show the figure is read.
         min_cpu_sample: Duration::from_millis(10),
         stream_messages: 2,
+        rate: None,
     };
     for scenario in Scenario::ALL {
         let r = run(&app, scenario, &workload, &opts).await;
@@ -95,6 +96,7 @@ async fn a_request_count_measures_exactly_that_many_calls() {
             redis: None,
             min_cpu_sample: load::MIN_CPU_SAMPLE,
             stream_messages: 1,
+            rate: None,
         };
         for scenario in [Scenario::Health, Scenario::Score, Scenario::ScoreBatch] {
             let r = run(&app, scenario, &workload, &opts).await;
@@ -104,6 +106,32 @@ async fn a_request_count_measures_exactly_that_many_calls() {
             assert_eq!(r.latency.len(), requests);
         }
     }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_loop_at_a_rate_measures_every_call_it_sends() {
+    let app = common::spawn_app().await;
+    let workload = Arc::new(Workload::simulated(10, 5, Millis::now()));
+    let opts = LoadOptions {
+        connections: 2,
+        in_flight: 4,
+        warmup: Duration::ZERO,
+        duration: Duration::ZERO,
+        requests: Some(40),
+        server_pids: Vec::new(),
+        redis: None,
+        min_cpu_sample: load::MIN_CPU_SAMPLE,
+        stream_messages: 1,
+        // 8 callers at 400 calls/s in all: each sends every 20 ms.
+        rate: Some(400.0),
+    };
+
+    let r = run(&app, Scenario::Score, &workload, &opts).await;
+
+    assert!(r.errors.is_empty(), "{:?}", r.errors);
+    assert_eq!(r.calls, 40);
+    assert_eq!(r.latency.len(), 40);
     app.stop().await;
 }
 

@@ -100,6 +100,10 @@ pub struct LoadOptions {
     pub min_cpu_sample: Duration,
     /// Messages per TrackStream call.
     pub stream_messages: usize,
+    /// Open loop: send this many calls per second in all, on a fixed
+    /// schedule, instead of each caller sending its next call as soon as the
+    /// last one is answered. `None`: closed loop.
+    pub rate: Option<f64>,
 }
 
 #[derive(Debug, Clone)]
@@ -249,13 +253,35 @@ pub async fn run(
             let budget = budget.clone();
             let tag = tag.clone();
             let seed = (c * opts.in_flight + f) as u64;
+            let callers = channels.len() * opts.in_flight;
             tasks.push(tokio::spawn(async move {
                 let mut caller = Caller::new(channel, workload, tag, seed, opts.stream_messages);
                 let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
                 let (mut calls, mut units) = (0u64, 0u64);
                 let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                // Open loop: this caller's share of the rate, its first call
+                // offset so the callers' schedules interleave.
+                let every = opts
+                    .rate
+                    .map(|r| Duration::from_secs_f64(callers as f64 / r.max(1e-3)));
+                let mut due =
+                    start + every.map_or(Duration::ZERO, |e| e * seed as u32 / callers as u32);
+                let mut last_answer = start;
                 loop {
-                    let t0 = Instant::now();
+                    if every.is_some() {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                    }
+                    // A call due while this caller still waited for the last
+                    // answer counts from when it was due, so the wait shows
+                    // (no coordinated omission); otherwise from when it is
+                    // sent, so the timer's millisecond ticks do not.
+                    let t0 = match every {
+                        Some(_) if last_answer > due => due,
+                        _ => Instant::now(),
+                    };
+                    if let Some(every) = every {
+                        due += every;
+                    }
                     match opts.requests {
                         None if t0 >= end => break,
                         Some(_) if t0 >= measure_from => {
@@ -272,6 +298,7 @@ pub async fn run(
                     }
                     let result = caller.call(scenario).await;
                     let t1 = Instant::now();
+                    last_answer = t1;
                     if t0 < measure_from {
                         continue;
                     }
