@@ -13,6 +13,12 @@
 //! memory`'s `used_memory` before and after the fill.
 
 use std::sync::Arc;
+
+/// The server in this bench runs in-process: give it the allocator the
+/// release server runs with (BENCHMARKS.md, "The release build").
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::time::{Duration, Instant};
 
 use rung::audience::definition::builtins;

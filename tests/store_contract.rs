@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use rung::domain::{Event, Millis, NewEvent, Taxonomy, VisitorId};
-use rung::store::{record, SavedSegment, SegmentWrite, Store, StoreLimits};
+use rung::store::{record, SavedSegment, ScanRange, SegmentWrite, Store, StoreLimits};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {
@@ -45,16 +45,25 @@ async fn load(store: &dyn Store, v: &str) -> Option<rung::store::VisitorRecord> 
 
 /// Every visitor a full scan returns, following `last_key`, `max` at a time.
 async fn scan_all(store: &dyn Store, since: Millis, max: usize) -> Vec<(String, Vec<u8>)> {
+    scan_range(store, &ScanRange::default(), since, max).await
+}
+
+/// Every visitor a scan of `range` returns, `max` at a time.
+async fn scan_range(
+    store: &dyn Store,
+    range: &ScanRange,
+    since: Millis,
+    max: usize,
+) -> Vec<(String, Vec<u8>)> {
     let mut out = Vec::new();
     let mut after: Option<String> = None;
     for _ in 0..10_000 {
-        let chunk = store.scan(after.as_deref(), since, max).await.unwrap();
-        assert!(
-            chunk.entries.len() <= max,
-            "{} > {max}",
-            chunk.entries.len()
-        );
-        out.extend(chunk.entries);
+        let chunk = store
+            .scan(range, after.as_deref(), since, max)
+            .await
+            .unwrap();
+        assert!(chunk.len() <= max, "{} > {max}", chunk.len());
+        out.extend(chunk.iter().map(|(id, r)| (id.to_string(), r.to_vec())));
         if chunk.done {
             return out;
         }
@@ -339,8 +348,35 @@ pub async fn a_scan_resumes_after_any_visitor_it_returned(store: Arc<dyn Store>,
     let order = ids(&scan_all(&*store, since, 100).await);
     assert_eq!(order.len(), 12);
     for k in 0..order.len() {
-        let rest = ids(&scan_all_after(&*store, &order[k], since).await);
+        let rest = ids(&scan_all_after(&*store, &store.scan_key(&order[k]), since).await);
         assert_eq!(rest, order[k + 1..], "after {}", order[k]);
+    }
+}
+
+pub async fn partitions_cover_the_scan_order_once(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+    for i in 0..60 {
+        let id = format!("{}{i}", ["a", "m", "z", "Q", "7"][i % 5]);
+        track(&*store, &id, vec![new_event(&t, "page_view", i as i64, "")]).await;
+    }
+    let since = Millis::from_unix_millis(i64::MIN);
+    let whole = ids(&scan_all(&*store, since, 1000).await);
+
+    for parts in [1, 3, 8] {
+        let ranges = store.partitions(parts).await.unwrap();
+        assert!(!ranges.is_empty() && ranges.len() <= parts, "{ranges:?}");
+        let mut pieced = Vec::new();
+        for range in &ranges {
+            let piece = ids(&scan_range(&*store, range, since, 7).await);
+            for id in &piece {
+                assert!(
+                    range.contains(&store.scan_key(id)),
+                    "{id} outside {range:?}"
+                );
+            }
+            pieced.extend(piece);
+        }
+        // In order, every visitor exactly once.
+        assert_eq!(pieced, whole, "{parts} parts: {ranges:?}");
     }
 }
 
@@ -348,8 +384,11 @@ async fn scan_all_after(store: &dyn Store, first: &str, since: Millis) -> Vec<(S
     let mut out = Vec::new();
     let mut after = first.to_string();
     loop {
-        let chunk = store.scan(Some(&after), since, 3).await.unwrap();
-        out.extend(chunk.entries);
+        let chunk = store
+            .scan(&ScanRange::default(), Some(&after), since, 3)
+            .await
+            .unwrap();
+        out.extend(chunk.iter().map(|(id, r)| (id.to_string(), r.to_vec())));
         match (chunk.done, chunk.last_key) {
             (true, _) => return out,
             (false, Some(k)) => after = k,
@@ -360,10 +399,23 @@ async fn scan_all_after(store: &dyn Store, first: &str, since: Millis) -> Vec<(S
 
 pub async fn an_empty_store_scans_to_nothing(store: Arc<dyn Store>, _t: Arc<Taxonomy>) {
     let chunk = store
-        .scan(None, Millis::from_unix_millis(i64::MIN), 10)
+        .scan(
+            &ScanRange::default(),
+            None,
+            Millis::from_unix_millis(i64::MIN),
+            10,
+        )
         .await
         .unwrap();
-    assert!(chunk.entries.is_empty());
+    assert!(chunk.is_empty());
+    assert!(chunk.done);
+    let parts = store.partitions(4).await.unwrap();
+    assert!(!parts.is_empty());
+    let chunk = store
+        .scan(&parts[0], None, Millis::from_unix_millis(i64::MIN), 10)
+        .await
+        .unwrap();
+    assert!(chunk.is_empty());
     assert!(chunk.done);
 }
 
@@ -436,6 +488,7 @@ macro_rules! store_contract {
                 writes_to_one_visitor_apply_in_the_order_made,
                 a_scan_returns_each_active_visitor_once,
                 a_scan_resumes_after_any_visitor_it_returned,
+                partitions_cover_the_scan_order_once,
                 an_empty_store_scans_to_nothing,
                 segments_are_saved_listed_replaced_and_deleted,
                 a_healthy_store_passes_its_check,

@@ -1,14 +1,17 @@
 //! Audiences over the stored visitors: saved segments, counts and exports
 //! evaluated as of the query time, and funnels over a time range.
 //!
-//! Every query walks the store in its scan order a chunk at a time, reading
-//! the next chunk while the current one is evaluated on all cores.
-//! Visitors last seen before the definition's [`Definition::active_since`]
-//! are skipped by the store without decoding (a record header in redb, an
-//! index in Redis). A count, an export and a funnel share that one walk.
+//! Every query reads the store a chunk at a time through one call,
+//! [`Store::scan`](crate::store::Store::scan); visitors last seen before the
+//! definition's [`Definition::active_since`] are skipped by the store without
+//! decoding (a record header in redb, an index in Redis). Counts and funnels
+//! need no order: the scan order is cut into parts that one worker per core
+//! walks at once. An export walks in order, reading the next chunk while the
+//! current one is evaluated on all cores.
 
 use std::sync::Arc;
 
+use futures_util::future::join_all;
 use tokio::sync::mpsc;
 
 use crate::audience::definition::{builtins, Definition, DefinitionError, LanguageLimits, NodeId};
@@ -18,7 +21,9 @@ use crate::deploy::Deployed;
 use crate::domain::event::stable_hash;
 use crate::domain::{Millis, Stage, TypeId, VisitorId};
 use crate::scoring::{rebuild, timeline, Band, Model};
-use crate::store::{record, RecordView, SavedSegment, ScanChunk, SegmentWrite, StoreError};
+use crate::store::{
+    record, RecordView, SavedSegment, ScanChunk, ScanRange, SegmentWrite, StoreError,
+};
 
 use super::{Engine, EngineError};
 
@@ -215,20 +220,31 @@ impl Engine {
         as_of: Millis,
     ) -> Result<Counted, EngineError> {
         let serving = self.model.current();
-        let mut chunks = self.chunks(since(&def, as_of), None);
-        let mut counted = Counted {
-            count: 0,
-            scanned: 0,
-        };
-        while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk?;
-            counted.scanned += chunk.entries.len() as u64;
-            let found = self
-                .evaluate_chunk(&serving, &def, as_of, chunk, false)
-                .await?;
-            counted.count += found.len() as u64;
-        }
-        Ok(counted)
+        let parts = self
+            .walk_in_parallel(since(&def, as_of), |chunk| {
+                let (engine, serving, def) = (self.clone(), serving.clone(), def.clone());
+                async move {
+                    let scanned = chunk.len() as u64;
+                    let found = engine
+                        .evaluate_chunk(&serving, &def, as_of, chunk, Cores::One, false)
+                        .await?;
+                    Ok(Counted {
+                        count: found.len() as u64,
+                        scanned,
+                    })
+                }
+            })
+            .await?;
+        Ok(parts.into_iter().fold(
+            Counted {
+                count: 0,
+                scanned: 0,
+            },
+            |a, b| Counted {
+                count: a.count + b.count,
+                scanned: a.scanned + b.scanned,
+            },
+        ))
     }
 
     /// Streams the members of a definition as of a moment, in the store's
@@ -267,7 +283,9 @@ impl Engine {
     ) -> Result<bool, EngineError> {
         let serving = self.model.current();
         let fingerprint = ResumeToken::fingerprint(&q.definition);
-        let mut chunks = self.chunks(since(&q.definition, q.as_of), q.after.clone());
+        // The token names the last member sent; the store knows its place.
+        let after = q.after.as_deref().map(|id| self.store.scan_key(id));
+        let mut chunks = self.chunks(since(&q.definition, q.as_of), after);
         while let Some(chunk) = chunks.recv().await {
             if let Some(name) = &q.name {
                 if !self.segment_exists(name).await? {
@@ -275,7 +293,7 @@ impl Engine {
                 }
             }
             let found = self
-                .evaluate_chunk(&serving, &q.definition, q.as_of, chunk?, true)
+                .evaluate_chunk(&serving, &q.definition, q.as_of, chunk?, Cores::All, true)
                 .await?;
             let members: Vec<Member> = found
                 .into_iter()
@@ -304,33 +322,79 @@ impl Engine {
 
     /// Funnel figures over `[from, to)`.
     pub async fn funnel(self: &Arc<Self>, range: TimeRange) -> Result<FunnelReport, EngineError> {
-        let mut chunks = self.chunks(range.from, None);
-        let mut total = FunnelTally::new(&self.taxonomy);
-        while let Some(chunk) = chunks.recv().await {
-            let entries = chunk?.entries;
-            let engine = self.clone();
-            let parts = blocking(move || {
-                on_all_cores(&entries, |part| {
-                    let mut tally = FunnelTally::new(&engine.taxonomy);
-                    for (id, bytes) in part {
-                        if let Some(view) = engine.decode(id, bytes) {
-                            tally.add(&engine.taxonomy, range, &view.aggregate, &view.timeline);
+        let parts = self
+            .walk_in_parallel(range.from, |chunk| {
+                let engine = self.clone();
+                async move {
+                    blocking(move || {
+                        let mut tally = FunnelTally::new(&engine.taxonomy);
+                        for (id, bytes) in chunk.iter() {
+                            if let Some(view) = engine.decode(id, bytes) {
+                                tally.add(&engine.taxonomy, range, &view.aggregate, &view.timeline);
+                            }
                         }
-                    }
-                    tally
-                })
+                        Ok(tally)
+                    })
+                    .await?
+                }
             })
-            .await??;
-            for t in &parts {
-                total.merge(t);
-            }
+            .await?;
+        let mut total = FunnelTally::new(&self.taxonomy);
+        for t in &parts {
+            total.merge(t);
         }
         Ok(total.report(&self.taxonomy, range))
     }
 
-    /// The chunks of visitors last seen at or after `since`, after `after`
-    /// in scan order, read one chunk ahead of the caller. The reading stops
-    /// when the receiver goes away.
+    /// Runs `work` on every chunk of the visitors last seen at or after
+    /// `since`, in any order: the store's scan order is cut into parts, and
+    /// one worker per core walks the next part, chunk by chunk, so reading
+    /// and evaluating run on every core. One result per chunk.
+    async fn walk_in_parallel<R, F, Fut>(
+        self: &Arc<Self>,
+        since: Millis,
+        work: F,
+    ) -> Result<Vec<R>, EngineError>
+    where
+        F: Fn(ScanChunk) -> Fut,
+        Fut: std::future::Future<Output = Result<R, EngineError>>,
+    {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
+        // More parts than workers, so uneven parts still balance.
+        let parts = self.store.partitions(workers * 4).await?;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let worker = || async {
+            let mut results = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(part) = parts.get(i) else {
+                    return Ok::<_, EngineError>(results);
+                };
+                let mut after: Option<String> = None;
+                loop {
+                    let chunk = self
+                        .store
+                        .scan(part, after.as_deref(), since, CHUNK)
+                        .await?;
+                    let (done, last) = (chunk.done, chunk.last_key.clone());
+                    results.push(work(chunk).await?);
+                    match (done, last) {
+                        (false, Some(key)) => after = Some(key),
+                        _ => break,
+                    }
+                }
+            }
+        };
+        let mut all = Vec::new();
+        for results in join_all((0..workers).map(|_| worker())).await {
+            all.extend(results?);
+        }
+        Ok(all)
+    }
+
+    /// The chunks of visitors last seen at or after `since`, after the scan
+    /// key `after`, in scan order, read one chunk ahead of the caller. The
+    /// reading stops when the receiver goes away.
     fn chunks(
         &self,
         since: Millis,
@@ -340,8 +404,9 @@ impl Engine {
         let (tx, rx) = mpsc::channel(1);
         tokio::spawn(async move {
             let mut after = after;
+            let all = ScanRange::default();
             loop {
-                let chunk = store.scan(after.as_deref(), since, CHUNK).await;
+                let chunk = store.scan(&all, after.as_deref(), since, CHUNK).await;
                 let next = match &chunk {
                     Ok(c) if !c.done => c.last_key.clone(),
                     _ => None,
@@ -358,45 +423,49 @@ impl Engine {
         rx
     }
 
-    /// Evaluates a chunk on all cores: the members, in scan order. Visitors
-    /// whose records hold events after `as_of` are evaluated on a rebuild
-    /// from their kept raw events, in their place.
+    /// Evaluates a chunk on the blocking pool, on one core or on all: the
+    /// members, in scan order. Visitors whose records hold events after
+    /// `as_of` are evaluated on a rebuild from their kept raw events, in
+    /// their place.
     async fn evaluate_chunk(
         self: &Arc<Self>,
         serving: &Arc<Deployed>,
         def: &Arc<Definition>,
         as_of: Millis,
         chunk: ScanChunk,
+        cores: Cores,
         details: bool,
     ) -> Result<Vec<Option<Box<(Member, NodeId)>>>, EngineError> {
-        let entries = Arc::new(chunk.entries);
-        let (engine, serving2, def2, entries2) =
-            (self.clone(), serving.clone(), def.clone(), entries.clone());
+        let chunk = Arc::new(chunk);
+        let (engine, serving2, def2, chunk2) =
+            (self.clone(), serving.clone(), def.clone(), chunk.clone());
         let parts = blocking(move || {
-            on_all_cores(&entries2, |part| {
-                part.iter()
-                    .filter_map(|(id, bytes)| {
-                        let view = engine.decode(id, bytes)?;
-                        if view.aggregate.last().is_some_and(|l| l > as_of) {
-                            return Some((id.as_str(), Found::Rewind));
-                        }
-                        let matched =
-                            engine.judge(&serving2.model, &def2, as_of, id, view, details);
-                        matched.map(|m| (id.as_str(), Found::Member(m)))
-                    })
-                    .map(|(id, f)| (id.to_string(), f))
-                    .collect::<Vec<_>>()
+            let per = match cores {
+                Cores::One => chunk2.len().max(1),
+                Cores::All => 0,
+            };
+            on_cores(chunk2.len(), per, |part| {
+                part.filter_map(|i| {
+                    let (id, bytes) = chunk2.get(i);
+                    let view = engine.decode(id, bytes)?;
+                    if view.aggregate.last().is_some_and(|l| l > as_of) {
+                        return Some((i, Found::Rewind));
+                    }
+                    let matched = engine.judge(&serving2.model, &def2, as_of, id, view, details);
+                    matched.map(|m| (i, Found::Member(m)))
+                })
+                .collect::<Vec<_>>()
             })
         })
         .await??;
         let mut out = Vec::new();
-        for (id, found) in parts.into_iter().flatten() {
+        for (i, found) in parts.into_iter().flatten() {
             match found {
                 Found::Member(m) => out.push(m),
                 Found::Rewind => {
-                    if let Some(view) = self.rewind(&id, as_of).await {
-                        if let Some(m) = self.judge(&serving.model, def, as_of, &id, view, details)
-                        {
+                    let (id, _) = chunk.get(i);
+                    if let Some(view) = self.rewind(id, as_of).await {
+                        if let Some(m) = self.judge(&serving.model, def, as_of, id, view, details) {
                             out.push(m);
                         }
                     }
@@ -552,22 +621,32 @@ impl Subject for StoredSubject<'_> {
     }
 }
 
-/// Runs `f` over `items` split into one slice per core; results in slice
-/// order. A worker that panics fails the query, not the server.
-fn on_all_cores<T: Sync, R: Send>(
-    items: &[T],
-    f: impl Fn(&[T]) -> R + Sync,
+/// Where a chunk is evaluated: on the thread at hand (when other workers
+/// keep the other cores busy), or split over every core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cores {
+    One,
+    All,
+}
+
+/// Runs `f` over the indices `0..len` in stretches of `per` (0: one
+/// stretch per core); results in order. A worker that panics fails the
+/// query, not the server.
+fn on_cores<R: Send>(
+    len: usize,
+    per: usize,
+    f: impl Fn(std::ops::Range<usize>) -> R + Sync,
 ) -> Result<Vec<R>, EngineError> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 || items.len() < 256 {
-        return Ok(vec![f(items)]);
+    if len < 256 || per >= len || (per == 0 && cores == 1) {
+        return Ok(vec![f(0..len)]);
     }
-    let per = items.len().div_ceil(cores);
+    let per = if per == 0 { len.div_ceil(cores) } else { per };
     std::thread::scope(|scope| {
         let f = &f;
-        let handles: Vec<_> = items
-            .chunks(per)
-            .map(|part| scope.spawn(move || f(part)))
+        let handles: Vec<_> = (0..len)
+            .step_by(per)
+            .map(|start| scope.spawn(move || f(start..(start + per).min(len))))
             .collect();
         handles
             .into_iter()

@@ -60,19 +60,25 @@ pub struct SavedSegment {
     pub updated_at: Millis,
 }
 
-/// Visitor ids from `from` (inclusive) up to `to` (exclusive); `None` is open.
+/// A stretch of a store's scan order, in its scan keys ([`Store::scan_key`]):
+/// from `from` (inclusive) up to `to` (exclusive); `None` is open.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct IdRange {
+pub struct ScanRange {
     pub from: Option<String>,
     pub to: Option<String>,
 }
 
-impl IdRange {
-    /// Splits the ids between `first` and `last` at evenly spaced points,
+impl ScanRange {
+    /// Whether a scan key lies in the range.
+    pub fn contains(&self, key: &str) -> bool {
+        self.from.as_deref().is_none_or(|f| key >= f) && self.to.as_deref().is_none_or(|t| key < t)
+    }
+
+    /// Splits the keys between `first` and `last` at evenly spaced points,
     /// reading the bytes after their common prefix as a number in printable
     /// ASCII (other bytes count as its ends); the first range starts and the
     /// last ends open, so every id is in exactly one range.
-    pub fn split(first: &str, last: &str, parts: usize) -> Vec<IdRange> {
+    pub fn split(first: &str, last: &str, parts: usize) -> Vec<ScanRange> {
         const DIGITS: usize = 3;
         const LO: u8 = 0x20;
         const BASE: u64 = 95;
@@ -108,26 +114,79 @@ impl IdRange {
         let mut ranges = Vec::with_capacity(cuts.len() + 1);
         let mut from = None;
         for cut in cuts {
-            ranges.push(IdRange {
+            ranges.push(ScanRange {
                 from: from.take(),
                 to: Some(cut.clone()),
             });
             from = Some(cut);
         }
-        ranges.push(IdRange { from, to: None });
+        ranges.push(ScanRange { from, to: None });
         ranges
     }
 }
 
-/// Visitors in a store's scan order, still encoded ([`record::decode_view`]).
+/// Visitors in a store's scan order, still encoded ([`record::decode_view`]):
+/// ids and records side by side in two buffers, so a chunk of thousands of
+/// visitors costs a handful of allocations, not two per visitor.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ScanChunk {
-    /// Visitor id and record bytes, for visitors that passed the filter.
-    pub entries: Vec<(String, Vec<u8>)>,
-    /// The last id looked at (kept or not): the next chunk starts after it.
+    ids: String,
+    records: Vec<u8>,
+    /// Where each visitor's id and record end in the buffers.
+    ends: Vec<(usize, usize)>,
+    /// The scan key of the last visitor looked at (kept or not): the next
+    /// chunk starts after it.
     pub last_key: Option<String>,
-    /// No visitor after `last_key`.
+    /// No visitor in the range after `last_key`.
     pub done: bool,
+}
+
+impl ScanChunk {
+    /// An empty chunk with room for about `visitors` visitors of `bytes`
+    /// each, so filling it does not copy it over and over as it grows.
+    pub fn with_capacity(visitors: usize, bytes: usize) -> ScanChunk {
+        ScanChunk {
+            ids: String::with_capacity(visitors * 24),
+            records: Vec::with_capacity(visitors * bytes),
+            ends: Vec::with_capacity(visitors),
+            last_key: None,
+            done: false,
+        }
+    }
+
+    /// Adds a visitor that passed the filter.
+    pub fn push(&mut self, id: &str, record: &[u8]) {
+        self.ids.push_str(id);
+        self.records.extend_from_slice(record);
+        self.ends.push((self.ids.len(), self.records.len()));
+    }
+
+    /// Visitors in the chunk.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The `i`-th visitor's id and record.
+    pub fn get(&self, i: usize) -> (&str, &[u8]) {
+        let (id_start, rec_start) = match i {
+            0 => (0, 0),
+            _ => self.ends[i - 1],
+        };
+        let (id_end, rec_end) = self.ends[i];
+        (
+            &self.ids[id_start..id_end],
+            &self.records[rec_start..rec_end],
+        )
+    }
+
+    /// Every visitor's id and record, in scan order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        (0..self.len()).map(|i| self.get(i))
+    }
 }
 
 /// What a Track did.
@@ -258,14 +317,21 @@ pub trait Store: Send + Sync + 'static {
     /// Saved segments, by name.
     async fn segments(&self) -> Result<Vec<SavedSegment>, StoreError>;
     async fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError>;
-    /// Up to `max` visitors after the visitor `after`, in this store's scan
-    /// order, skipping those last seen before `active_since` without
-    /// decoding them. The order is the backend's own (by id in redb; by
-    /// hash slot, then id, in Redis) and fixed, so a scan resumed after any
-    /// visitor it returned, or after `last_key`, goes on where it stopped.
-    /// One call does a bounded amount of work and may return fewer.
+    /// Where a visitor sits in this store's scan order. The order is the
+    /// backend's own and fixed: by id in redb (the key is the id); by hash
+    /// slot, then id, in Redis.
+    fn scan_key(&self, visitor: &str) -> String;
+    /// About `parts` ranges that together cover the whole scan order, one
+    /// each, for scanning in parallel. Balanced for keys spread evenly.
+    async fn partitions(&self, parts: usize) -> Result<Vec<ScanRange>, StoreError>;
+    /// Up to `max` visitors of `range` whose scan keys come after `after`,
+    /// in scan order, skipping those last seen before `active_since` without
+    /// decoding them. A scan resumed after any visitor's key, or after
+    /// `last_key`, goes on where it stopped. One call does a bounded amount
+    /// of work and may return fewer.
     async fn scan(
         &self,
+        range: &ScanRange,
         after: Option<&str>,
         active_since: Millis,
         max: usize,
@@ -292,20 +358,16 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::IdRange;
+    use super::ScanRange;
     use proptest::prelude::*;
-
-    fn contains(r: &IdRange, id: &str) -> bool {
-        r.from.as_deref().is_none_or(|f| id >= f) && r.to.as_deref().is_none_or(|t| id < t)
-    }
 
     #[test]
     fn sequential_ids_split_into_even_parts() {
         let ids: Vec<String> = (0..10_000).map(|i| format!("v{i:05}")).collect();
-        let parts = IdRange::split(&ids[0], &ids[9_999], 4);
+        let parts = ScanRange::split(&ids[0], &ids[9_999], 4);
         assert_eq!(parts.len(), 4);
         for p in &parts {
-            let n = ids.iter().filter(|id| contains(p, id)).count();
+            let n = ids.iter().filter(|id| p.contains(id)).count();
             assert!((2_000..=3_000).contains(&n), "{p:?}: {n}");
         }
     }
@@ -318,12 +380,37 @@ mod tests {
             parts in 1usize..20,
         ) {
             ids.sort();
-            let ranges = IdRange::split(&ids[0], ids.last().unwrap(), parts);
+            let ranges = ScanRange::split(&ids[0], ids.last().unwrap(), parts);
             prop_assert!(ranges.len() <= parts.max(1));
             for id in &ids {
-                let n = ranges.iter().filter(|r| contains(r, id)).count();
+                let n = ranges.iter().filter(|r| r.contains(id)).count();
                 prop_assert_eq!(n, 1, "{:?} in {:?}", id, ranges);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::ScanChunk;
+
+    #[test]
+    fn a_chunk_gives_back_each_visitor_as_pushed() {
+        let mut c = ScanChunk::with_capacity(1, 1);
+        assert!(c.is_empty());
+        c.push("a", b"one");
+        c.push("", b"");
+        c.push("visitor-é", &[0, 255, 7]);
+        assert_eq!(c.len(), 3);
+        assert_eq!(c.get(1), ("", &b""[..]));
+        let all: Vec<(&str, &[u8])> = c.iter().collect();
+        assert_eq!(
+            all,
+            [
+                ("a", &b"one"[..]),
+                ("", &b""[..]),
+                ("visitor-é", &[0, 255, 7][..])
+            ]
+        );
     }
 }

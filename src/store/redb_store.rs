@@ -30,8 +30,8 @@ use crate::scoring::rebuild;
 
 use super::record::{decode as decode_record, encode as encode_record, last_seen};
 use super::{
-    Purged, Reply, SavedSegment, ScanChunk, SegmentWrite, Snapshot, Store, StoreError, StoreLimits,
-    Ticket, Tracked, VisitorRecord,
+    Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Store, StoreError,
+    StoreLimits, Ticket, Tracked, VisitorRecord,
 };
 
 const VISITORS: TableDefinition<&str, &[u8]> = TableDefinition::new("visitors");
@@ -446,15 +446,33 @@ impl Store for RedbStore {
         decode_segment(v.value()).map(Some)
     }
 
+    fn scan_key(&self, visitor: &str) -> String {
+        visitor.to_string()
+    }
+
+    async fn partitions(&self, parts: usize) -> Result<Vec<ScanRange>, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        let mut all = table.iter().map_err(unavailable)?;
+        let first = all.next().transpose().map_err(unavailable)?;
+        let last = all.next_back().transpose().map_err(unavailable)?;
+        let ranges = match (first, last) {
+            (Some((a, _)), Some((b, _))) => ScanRange::split(a.value(), b.value(), parts),
+            _ => vec![ScanRange::default()],
+        };
+        Ok(ranges)
+    }
+
     async fn scan(
         &self,
+        range: &ScanRange,
         after: Option<&str>,
         active_since: Millis,
         max: usize,
     ) -> Result<ScanChunk, StoreError> {
         let db = self.db.clone();
-        let after = after.map(str::to_string);
-        tokio::task::spawn_blocking(move || scan(&db, after.as_deref(), active_since, max))
+        let (range, after) = (range.clone(), after.map(str::to_string));
+        tokio::task::spawn_blocking(move || scan(&db, &range, after.as_deref(), active_since, max))
             .await
             .map_err(|e| unavailable(format!("scan task failed: {e}")))?
     }
@@ -469,6 +487,7 @@ impl Store for RedbStore {
 
 fn scan(
     db: &Database,
+    range: &ScanRange,
     after: Option<&str>,
     active_since: Millis,
     max: usize,
@@ -476,15 +495,33 @@ fn scan(
     use std::ops::Bound;
     let txn = db.begin_read().map_err(unavailable)?;
     let table = txn.open_table(VISITORS).map_err(unavailable)?;
-    let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
+    // The later of the range's start (inclusive) and `after` (exclusive).
+    let lower = match (range.from.as_deref(), after) {
+        (Some(f), Some(a)) if f > a => Bound::Included(f),
+        (_, Some(a)) => Bound::Excluded(a),
+        (Some(f), None) => Bound::Included(f),
+        (None, None) => Bound::Unbounded,
+    };
+    let upper = range
+        .to
+        .as_deref()
+        .map_or(Bound::Unbounded, Bound::Excluded);
+    if let (Bound::Included(l) | Bound::Excluded(l), Bound::Excluded(u)) = (lower, upper) {
+        // redb refuses a range that ends before it starts.
+        if l >= u {
+            return Ok(ScanChunk {
+                done: true,
+                ..ScanChunk::default()
+            });
+        }
+    }
     let since = active_since.as_unix_millis();
-    let mut chunk = ScanChunk::default();
+    // Room for a quarter of the chunk's worth of typical records up front.
+    let mut chunk = ScanChunk::with_capacity(max.min(MAX_EXAMINED) / 4, 2048);
     let mut examined = 0;
-    let mut range = table
-        .range::<&str>((lower, Bound::Unbounded))
-        .map_err(unavailable)?;
+    let mut range = table.range::<&str>((lower, upper)).map_err(unavailable)?;
     loop {
-        if chunk.entries.len() >= max || examined >= MAX_EXAMINED {
+        if chunk.len() >= max || examined >= MAX_EXAMINED {
             return Ok(chunk);
         }
         let Some(entry) = range.next() else {
@@ -496,7 +533,7 @@ fn scan(
         let key = k.value();
         let bytes = v.value();
         if last_seen(bytes) >= since {
-            chunk.entries.push((key.to_string(), bytes.to_vec()));
+            chunk.push(key, bytes);
         }
         chunk.last_key = Some(key.to_string());
     }

@@ -47,8 +47,8 @@ use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy, VisitorId};
 
 use super::record::{decode as decode_record, encode as encode_record, last_seen};
 use super::{
-    ModelNote, Purged, Reply, SavedSegment, ScanChunk, SegmentWrite, Snapshot, Store, StoreError,
-    StoreLimits, Ticket, Tracked, VisitorRecord,
+    ModelNote, Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Store,
+    StoreError, StoreLimits, Ticket, Tracked, VisitorRecord,
 };
 
 /// What `Pmeta` says the keys hold.
@@ -217,6 +217,19 @@ impl Keys {
 /// The hash slot of a visitor's keys: the order scans walk in.
 fn slot_of(visitor: &str) -> u16 {
     slot_of_tag(&tag(visitor))
+}
+
+/// A visitor's place in the scan order: its slot, zero-padded so keys sort
+/// by slot, then its id. A bare slot ("04096") sorts before its visitors.
+fn scan_key(slot: u16, visitor: &str) -> String {
+    format!("{slot:05}:{visitor}")
+}
+
+/// The slot a scan key (or a bare slot) is in; 0 for one that is not ours.
+fn key_slot(key: &str) -> u16 {
+    key.get(..5)
+        .and_then(|s| s.parse::<u16>().ok())
+        .map_or(0, |s| s.min(SLOTS - 1))
 }
 
 /// One connection to one server, or to a cluster; both multiplex many
@@ -1140,8 +1153,25 @@ impl Store for RedisStore {
         bytes.map(|b| decode_segment(&b)).transpose()
     }
 
+    fn scan_key(&self, visitor: &str) -> String {
+        scan_key(slot_of(visitor), visitor)
+    }
+
+    async fn partitions(&self, parts: usize) -> Result<Vec<ScanRange>, StoreError> {
+        // By hash slot: visitors spread evenly over slots, whatever their ids.
+        let parts = parts.clamp(1, usize::from(SLOTS));
+        let cut = |k: usize| Some(format!("{:05}", k * usize::from(SLOTS) / parts));
+        Ok((0..parts)
+            .map(|k| ScanRange {
+                from: if k == 0 { None } else { cut(k) },
+                to: if k + 1 == parts { None } else { cut(k + 1) },
+            })
+            .collect())
+    }
+
     async fn scan(
         &self,
+        range: &ScanRange,
         after: Option<&str>,
         active_since: Millis,
         max: usize,
@@ -1149,33 +1179,43 @@ impl Store for RedisStore {
         let inner = &self.inner;
         let since = active_since.as_unix_millis();
         let max = max.max(1);
-        let first = after.map_or(0, slot_of);
+        // The later of the range's start and `after`, and the range's end,
+        // as slots; keys are compared within those two slots.
+        let start = [range.from.as_deref(), after]
+            .into_iter()
+            .flatten()
+            .max()
+            .map_or(0, key_slot);
+        let last = range.to.as_deref().map_or(SLOTS - 1, key_slot);
+        let keep = |slot: u16, id: &str| {
+            if slot != start && slot != last {
+                return true;
+            }
+            let key = scan_key(slot, id);
+            range.contains(&key) && after.is_none_or(|a| key.as_str() > a)
+        };
         // The visitors to read, slot by slot, in scan order.
         let mut slots: Vec<Vec<String>> = Vec::new();
         let mut wanted = 0;
-        let mut slot = first;
+        let mut slot = start;
         let mut done = false;
         // Index sets asked for at once: sized by the visitors per slot seen
         // so far, so a call reads about the slots it needs, not a whole batch.
         let mut batch = MIN_SLOT_BATCH;
         let (mut seen, mut slots_read) = (0usize, 0usize);
         'walk: loop {
-            if slot >= SLOTS {
+            if slot > last {
                 done = true;
                 break;
             }
-            let end = slot.saturating_add(batch).min(SLOTS);
+            let end = slot.saturating_add(batch).min(last + 1);
             let lists =
                 join_all((slot..end).map(|s| inner.index(s, IndexRange::Since(since)))).await;
             slots_read += usize::from(end - slot);
             for (s, list) in (slot..end).zip(lists) {
                 let mut list = list?;
                 seen += list.len();
-                if s == first {
-                    if let Some(a) = after {
-                        list.retain(|id| id.as_str() > a);
-                    }
-                }
+                list.retain(|id| keep(s, id));
                 if list.is_empty() {
                     continue;
                 }
@@ -1210,27 +1250,27 @@ impl Store for RedisStore {
             Ok::<_, StoreError>(stored)
         }))
         .await;
-        let last_key = slots.last().and_then(|ids| ids.last()).cloned();
-        let mut entries = Vec::with_capacity(wanted);
+        let last_key = slots
+            .last()
+            .and_then(|ids| ids.last())
+            .map(|id| scan_key(slot_of(id), id));
+        let mut chunk = ScanChunk::with_capacity(wanted, 2048);
         for (ids, stored) in slots.into_iter().zip(reads) {
             for (id, s) in ids.into_iter().zip(stored?) {
                 // Gone since the index was read (forgotten or purged): skipped.
-                let Some(mut s) = s else { continue };
-                if s.len() < VERSION_LEN {
+                let Some(s) = s else { continue };
+                let Some((_, record)) = split_stored(&s) else {
                     tracing::warn!(visitor_id = %id, "a stored record shorter than its version left out");
                     continue;
-                }
-                s.drain(..VERSION_LEN);
-                if last_seen(&s) >= since {
-                    entries.push((id, s));
+                };
+                if last_seen(record) >= since {
+                    chunk.push(&id, record);
                 }
             }
         }
-        Ok(ScanChunk {
-            entries,
-            last_key: if done { None } else { last_key },
-            done,
-        })
+        chunk.last_key = if done { None } else { last_key };
+        chunk.done = done;
+        Ok(chunk)
     }
 
     async fn check(&self) -> Result<(), StoreError> {
