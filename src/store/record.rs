@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::event::stable_hash;
 use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy};
+
+use super::SavedSegment;
 use crate::scoring::Aggregate;
 
 use super::StoreError;
@@ -164,4 +166,23 @@ fn check_fits(
             "aggregate does not fit the running taxonomy",
         ))
     }
+}
+
+/// A kept raw event's stored bytes (postcard), as every backend keeps them.
+pub fn encode_event(e: &StoredEvent) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(e).map_err(|err| StoreError::Unavailable(err.to_string()))
+}
+
+pub fn decode_event(visitor: &str, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
+    postcard::from_bytes(bytes).map_err(|e| corrupt(visitor, format!("raw event: {e}")))
+}
+
+/// A saved segment's stored bytes (JSON), as every backend keeps them.
+pub fn encode_segment(s: &SavedSegment) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(s)
+        .map_err(|e| StoreError::Unavailable(format!("cannot encode a segment: {e}")))
+}
+
+pub fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt("", format!("saved segment: {e}")))
 }

@@ -28,7 +28,10 @@ use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefini
 use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy, VisitorId};
 use crate::scoring::rebuild;
 
-use super::record::{decode as decode_record, encode as encode_record, last_seen};
+use super::record::{
+    decode as decode_record, decode_event, decode_segment, encode as encode_record, encode_event,
+    encode_segment, last_seen,
+};
 use super::{
     Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Store, StoreError,
     StoreLimits, Ticket, Tracked, VisitorRecord,
@@ -284,22 +287,10 @@ fn read_ring(
         .map_err(unavailable)?
     {
         let (_, value) = entry.map_err(unavailable)?;
-        let e: StoredEvent =
-            postcard::from_bytes(value.value()).map_err(|e| StoreError::Corrupt {
-                visitor: visitor.to_string(),
-                reason: format!("raw event: {e}"),
-            })?;
-        out.push(e);
+        out.push(decode_event(visitor, value.value())?);
     }
     out.sort_by_key(|e| std::cmp::Reverse(e.seq));
     Ok(out)
-}
-
-fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        visitor: String::new(),
-        reason: format!("saved segment: {e}"),
-    })
 }
 
 /// Ids looked at by one scan call, kept or skipped: one call stays short.
@@ -631,7 +622,7 @@ impl Writer {
                             let outcome = if taken && !overwrite {
                                 SegmentWrite::NameTaken
                             } else {
-                                let bytes = serde_json::to_vec(&segment).map_err(unavailable)?;
+                                let bytes = encode_segment(&segment)?;
                                 segments
                                     .insert(name, bytes.as_slice())
                                     .map_err(unavailable)?;
@@ -693,7 +684,7 @@ impl Writer {
         let ring = u64::from(self.limits.recent_events.max(1));
         for e in &applied.stored {
             let slot = (e.seq % ring) as u32;
-            let bytes = postcard::to_stdvec(e).map_err(unavailable)?;
+            let bytes = encode_event(e)?;
             events
                 .insert((v, slot), bytes.as_slice())
                 .map_err(unavailable)?;

@@ -43,9 +43,12 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, Script, Value};
 use tokio::sync::mpsc;
 
-use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy, VisitorId};
+use crate::domain::{Millis, NewEvent, Taxonomy, VisitorId};
 
-use super::record::{decode as decode_record, encode as encode_record, last_seen};
+use super::record::{
+    decode as decode_record, decode_event, decode_segment, encode as encode_record, encode_event,
+    encode_segment, last_seen,
+};
 use super::{
     ModelNote, Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Store,
     StoreError, StoreLimits, Ticket, Tracked, VisitorRecord,
@@ -759,7 +762,7 @@ impl Inner {
                         changed |= !applied.stored.is_empty();
                         for e in &applied.stored {
                             let slot = (e.seq % ring_size) as u32;
-                            match postcard::to_stdvec(e) {
+                            match encode_event(e) {
                                 Ok(b) => {
                                     ring.insert(slot, b);
                                 }
@@ -948,20 +951,6 @@ async fn subscribe(inner: Arc<Inner>, clients: Vec<redis::Client>, notes: mpsc::
     }
 }
 
-fn decode_segment(bytes: &[u8]) -> Result<SavedSegment, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        visitor: String::new(),
-        reason: format!("saved segment: {e}"),
-    })
-}
-
-fn decode_event(visitor: &str, bytes: &[u8]) -> Result<StoredEvent, StoreError> {
-    postcard::from_bytes(bytes).map_err(|e| StoreError::Corrupt {
-        visitor: visitor.to_string(),
-        reason: format!("raw event: {e}"),
-    })
-}
-
 #[async_trait::async_trait]
 impl Store for RedisStore {
     async fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError> {
@@ -1100,8 +1089,7 @@ impl Store for RedisStore {
         overwrite: bool,
     ) -> Result<SegmentWrite, StoreError> {
         let inner = &self.inner;
-        let bytes = serde_json::to_vec(&segment)
-            .map_err(|e| StoreError::Unavailable(format!("cannot encode a segment: {e}")))?;
+        let bytes = encode_segment(&segment)?;
         let created: i64 = redis::cmd(if overwrite { "HSET" } else { "HSETNX" })
             .arg(inner.keys.segments())
             .arg(&segment.name)
