@@ -108,6 +108,7 @@ fn engine(data: &std::path::Path) -> Engine {
             bands: settings.bands.clone(),
             limits: settings.limits.clone(),
             retention_days: 90.0,
+            model_dir: rung::deploy::ModelDir::new(std::path::Path::new("models")).unwrap(),
         },
     )
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use rung::domain::Millis;
+use rung::grpc::client::BearerKey;
 use rung::grpc::proto::intent_service_client::IntentServiceClient;
 use rung::grpc::proto::GetVisitorRequest;
 use rung::load::redis_nodes::PrefixCleanup;
@@ -61,6 +62,9 @@ fn spawn_server(
         "127.0.0.1:0",
         "--log-format",
         "json",
+        // Replicas side by side: each its own metrics port.
+        "--metrics-listen",
+        "127.0.0.1:0",
         "--data-dir",
     ])
     .arg(data.path());
@@ -252,6 +256,7 @@ async fn measure(
                 .with_context(|| format!("connecting to {addr}"))?,
         );
     }
+    let api_key = BearerKey::new(args.api_key.as_deref())?;
     let workload = Workload::simulated(args.visitors.max(1), 42, Millis::now());
     let scenarios = if args.scenario.is_empty() {
         Scenario::ALL.to_vec()
@@ -261,7 +266,7 @@ async fn measure(
     if scenarios.contains(&Scenario::ScoreById) {
         // Through one server: with a shared store every replica reads what
         // any replica stored, once it has answered.
-        let mut client = IntentServiceClient::new(channels[0].clone())
+        let mut client = IntentServiceClient::new(api_key.on(channels[0].clone()))
             .max_decoding_message_size(64 << 20)
             .max_encoding_message_size(64 << 20);
         let stored = workload.to_store();
@@ -288,7 +293,7 @@ async fn measure(
         // see them: ask each server for the last one stored.
         if let Some(last) = last {
             for (k, addr) in addrs.iter().enumerate() {
-                let mut client = IntentServiceClient::new(channels[k].clone());
+                let mut client = IntentServiceClient::new(api_key.on(channels[k].clone()));
                 let found = client
                     .get_visitor(GetVisitorRequest {
                         visitor_id: last.clone(),
@@ -320,6 +325,7 @@ async fn measure(
         min_cpu_sample: load::MIN_CPU_SAMPLE,
         stream_messages: args.stream_messages.max(1),
         rate: args.rate,
+        api_key: api_key.clone(),
     };
     let mut reports: Vec<load::Report> = Vec::new();
     for round in 0..rounds {
@@ -443,6 +449,10 @@ pub struct BenchArgs {
     /// Pin this load generator to this CPU.
     #[arg(long)]
     pub client_cpu: Option<usize>,
+    /// The API key to send (needs the roles of the scenarios run: score,
+    /// ingest, profiles); never logged.
+    #[arg(long, env = "RUNG_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 #[cfg(test)]

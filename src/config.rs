@@ -11,6 +11,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::KeyEntry;
 pub use crate::scoring::Bands;
 
 /// The model path used when none is configured.
@@ -39,6 +40,38 @@ pub struct Settings {
     pub bands: Bands,
     pub limits: Limits,
     pub store: StoreSettings,
+    /// Where `GET /metrics` (Prometheus text) is served; empty turns it off.
+    pub metrics_listen: String,
+    /// The only folder ReloadModel (and a model another replica announces)
+    /// may read from; unset means the folder of `model`.
+    pub model_dir: Option<PathBuf>,
+    pub auth: AuthSettings,
+    pub tls: TlsSettings,
+}
+
+/// Who may call: API keys and their roles.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// `[[auth.keys]]` entries; `rung keys new` prints one. With none, the
+    /// server admits anyone, so it starts only on a loopback address unless
+    /// `allow_anonymous` is set.
+    pub keys: Vec<KeyEntry>,
+    /// Serve without keys on a non-loopback address (behind a proxy that
+    /// authenticates, say).
+    pub allow_anonymous: bool,
+}
+
+/// TLS for the gRPC port (rustls). Unset: plaintext.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsSettings {
+    /// The server's certificate chain, PEM.
+    pub cert: Option<PathBuf>,
+    /// Its private key, PEM.
+    pub key: Option<PathBuf>,
+    /// Set: clients must present a certificate this CA (PEM) signed (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// Where visitors are kept, what is kept per visitor, and for how long.
@@ -112,6 +145,23 @@ pub struct Limits {
     pub max_attribute_bytes: usize,
     /// How far past the server's clock an event time may lie (clock skew).
     pub max_future_skew_secs: u64,
+    /// The largest request or response message, in bytes. The default
+    /// carries a ScoreBatch of `max_visitors_per_batch` visitors with 200
+    /// events each (README: "Limits").
+    pub max_message_bytes: usize,
+    /// Calls running at once; more are refused at once with
+    /// RESOURCE_EXHAUSTED, so admitted calls keep a bounded latency.
+    pub max_concurrent_calls: usize,
+    /// HTTP/2 streams (calls) open at once on one connection.
+    pub max_streams_per_connection: u32,
+    /// Client connections open at once; more are closed on arrival.
+    pub max_connections: usize,
+    /// A connection with no call running this long is closed; keepalive
+    /// pings find dead peers sooner.
+    pub idle_timeout_secs: u64,
+    /// The deadline of a unary call that sends no `grpc-timeout`; a sent
+    /// `grpc-timeout` is honoured on every call.
+    pub default_deadline_ms: u64,
 }
 
 impl Default for Settings {
@@ -128,6 +178,10 @@ impl Default for Settings {
             bands: Bands::default(),
             limits: Limits::default(),
             store: StoreSettings::default(),
+            metrics_listen: "127.0.0.1:9464".into(),
+            model_dir: None,
+            auth: AuthSettings::default(),
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -153,6 +207,12 @@ impl Default for Limits {
             max_attributes: 64,
             max_attribute_bytes: 1024,
             max_future_skew_secs: 300,
+            max_message_bytes: 32 * 1024 * 1024,
+            max_concurrent_calls: 512,
+            max_streams_per_connection: 256,
+            max_connections: 4096,
+            idle_timeout_secs: 300,
+            default_deadline_ms: 30_000,
         }
     }
 }
@@ -169,6 +229,8 @@ pub enum ConfigError {
     Load(#[from] Box<figment::Error>),
     #[error("setting {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("setting {0}")]
+    Key(#[from] crate::auth::KeyEntryError),
 }
 
 impl Settings {
@@ -178,8 +240,14 @@ impl Settings {
         if let Some(path) = file {
             figment = figment.merge(Toml::file_exact(path));
         }
-        // RUNG_CONFIG names the file itself and is read by the command line.
-        figment = figment.merge(Env::prefixed("RUNG_").filter(|k| k != "config").split("__"));
+        // RUNG_CONFIG names the file itself and is read by the command line;
+        // RUNG_API_KEY is the clients' (segment CLI, bench) key, which an
+        // operator's shell may export: neither is a setting.
+        figment = figment.merge(
+            Env::prefixed("RUNG_")
+                .filter(|k| k != "config" && k != "api_key")
+                .split("__"),
+        );
         let settings: Settings = figment.extract().map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
@@ -272,6 +340,7 @@ impl Settings {
                 format!("must be 1 to 600000, got {}", st.redis_timeout_ms),
             );
         }
+        self.validate_edge()?;
         // A day: a slower watch is a misconfiguration (0 turns it off), and
         // the bound keeps the timer's arithmetic far from overflow.
         if self.model_watch_secs > MAX_MODEL_WATCH_SECS {
@@ -295,6 +364,94 @@ impl Settings {
             );
         }
         Ok(())
+    }
+}
+
+impl Settings {
+    /// The production edge: keys, the anonymous rule, TLS files, limits,
+    /// the metrics address.
+    fn validate_edge(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: String| Err(ConfigError::Invalid { key, reason });
+        let keyring = crate::auth::Keyring::new(&self.auth.keys)?;
+        if keyring.is_empty() && !self.auth.allow_anonymous && !self.listen.ip().is_loopback() {
+            return invalid(
+                "auth.keys",
+                format!(
+                    "none configured, and listen is {}, not a loopback address: anyone who \
+                     reaches it could read and erase visitors. Add keys (`rung keys new`) or \
+                     set auth.allow_anonymous = true",
+                    self.listen
+                ),
+            );
+        }
+        let t = &self.tls;
+        if t.cert.is_some() != t.key.is_some() {
+            return invalid(
+                "tls",
+                "tls.cert and tls.key go together: set both or neither".into(),
+            );
+        }
+        if t.client_ca.is_some() && t.cert.is_none() {
+            return invalid(
+                "tls.client_ca",
+                "needs tls.cert and tls.key (mutual TLS is TLS first)".into(),
+            );
+        }
+        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
+            return invalid(
+                "metrics_listen",
+                format!(
+                    "{:?} is not an address such as 127.0.0.1:9464 (empty turns metrics off)",
+                    self.metrics_listen
+                ),
+            );
+        }
+        let l = &self.limits;
+        if !(1024..=1 << 30).contains(&l.max_message_bytes) {
+            return invalid(
+                "limits.max_message_bytes",
+                format!("must be 1024 to 1073741824, got {}", l.max_message_bytes),
+            );
+        }
+        for (key, v) in [
+            ("limits.max_concurrent_calls", l.max_concurrent_calls as u64),
+            (
+                "limits.max_streams_per_connection",
+                l.max_streams_per_connection as u64,
+            ),
+            ("limits.max_connections", l.max_connections as u64),
+            ("limits.idle_timeout_secs", l.idle_timeout_secs),
+            ("limits.default_deadline_ms", l.default_deadline_ms),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1".into());
+            }
+        }
+        if l.idle_timeout_secs > MAX_MODEL_WATCH_SECS {
+            return invalid(
+                "limits.idle_timeout_secs",
+                format!("must be at most {MAX_MODEL_WATCH_SECS} (a day)"),
+            );
+        }
+        if l.default_deadline_ms > 86_400_000 {
+            return invalid(
+                "limits.default_deadline_ms",
+                "must be at most 86400000 (a day)".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The folder models may be loaded from.
+    pub fn model_dir(&self) -> PathBuf {
+        match &self.model_dir {
+            Some(d) => d.clone(),
+            None => self
+                .model
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        }
     }
 }
 

@@ -31,8 +31,74 @@ pub enum DeployError {
     NotAFile { path: PathBuf },
     #[error("model file {path} is {len} bytes; the limit is {max}")]
     TooLarge { path: PathBuf, len: u64, max: u64 },
-    #[error("model file {path} refused: {source}")]
+    /// What is wrong with the file's content, named without repeating a
+    /// value read from it (`source` has the whole story, for the log).
+    #[error("model file {path} refused: {}", source.summary())]
     Refused { path: PathBuf, source: ModelError },
+    /// A path outside the models folder; nothing was looked at.
+    #[error("{path} is outside the models folder {dir} (setting model_dir); models are loaded only from there")]
+    Outside { path: PathBuf, dir: PathBuf },
+}
+
+/// The one folder models are read from. Paths are judged by their text
+/// alone — no file is looked at, so a refused path says nothing about
+/// what exists — and `..` is refused outright.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    /// Absolute and without `.` or `..`.
+    root: PathBuf,
+}
+
+impl ModelDir {
+    /// `dir`, made absolute from the working directory.
+    pub fn new(dir: &Path) -> std::io::Result<ModelDir> {
+        Ok(ModelDir {
+            root: lexical(&std::path::absolute(dir)?),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `requested` (relative paths are from the working directory, as the
+    /// `model` setting's are) if it lies under the folder.
+    pub fn admit(&self, requested: &Path) -> Result<PathBuf, DeployError> {
+        let outside = || DeployError::Outside {
+            path: requested.to_path_buf(),
+            dir: self.root.clone(),
+        };
+        if requested
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return Err(outside());
+        }
+        let absolute = std::path::absolute(requested).map_err(|_| outside())?;
+        let absolute = lexical(&absolute);
+        if absolute.starts_with(&self.root) && absolute != self.root {
+            Ok(absolute)
+        } else {
+            Err(outside())
+        }
+    }
+}
+
+/// `path` without `.` components, and with each `..` taking away the
+/// component before it.
+fn lexical(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
 }
 
 /// One version of a file on disk, told apart without reading it: an atomic
@@ -218,12 +284,15 @@ pub struct ModelSlot {
     /// the watcher's and an RPC's, cannot interleave and misreport which
     /// model each replaced. Scoring never takes it.
     reloading: Mutex<()>,
+    /// Where a reload may read from.
+    dir: ModelDir,
 }
 
 impl ModelSlot {
-    pub fn new(taxonomy: Arc<Taxonomy>, first: Deployed) -> ModelSlot {
+    pub fn new(taxonomy: Arc<Taxonomy>, first: Deployed, dir: ModelDir) -> ModelSlot {
         ModelSlot {
             taxonomy,
+            dir,
             state: RwLock::new(ModelState {
                 serving: Arc::new(first),
                 last_refusal: None,
@@ -253,8 +322,12 @@ impl ModelSlot {
     }
 
     /// Loads `path` (default: the serving model's own file) and swaps it in.
-    /// On error the serving model stays, and the refusal is remembered.
+    /// On error the serving model stays, and the refusal is remembered. A
+    /// path outside the models folder is refused before anything is read,
+    /// and not remembered (it says nothing about a model file).
     pub fn reload(&self, path: Option<&Path>) -> Result<Swap, DeployError> {
+        let admitted = path.map(|p| self.dir.admit(p)).transpose()?;
+        let path = admitted.as_deref();
         let _one_at_a_time = self
             .reloading
             .lock()
@@ -378,7 +451,11 @@ mod tests {
         let path = dir.path().join("m.json");
         write(&path, &shipped_json());
         let taxonomy = Arc::new(Taxonomy::builtin());
-        let slot = ModelSlot::new(taxonomy.clone(), load(&path, &taxonomy).unwrap());
+        let slot = ModelSlot::new(
+            taxonomy.clone(),
+            load(&path, &taxonomy).unwrap(),
+            ModelDir::new(dir.path()).unwrap(),
+        );
         let before = slot.current();
         std::fs::write(&path, b"\xff\xfe junk").unwrap();
 
@@ -407,7 +484,11 @@ mod tests {
         let mut json = shipped_json();
         write(&path, &json);
         let taxonomy = Arc::new(Taxonomy::builtin());
-        let slot = ModelSlot::new(taxonomy.clone(), load(&path, &taxonomy).unwrap());
+        let slot = ModelSlot::new(
+            taxonomy.clone(),
+            load(&path, &taxonomy).unwrap(),
+            ModelDir::new(dir.path()).unwrap(),
+        );
         let mut watch = ModelWatch::new(&slot);
         assert!(matches!(watch.poll(&slot), Polled::Unchanged));
 

@@ -17,15 +17,20 @@
 //! - [`domain`]: validated types — time, visitor ids, events, the taxonomy.
 //! - [`training`] and [`simulator`]: the offline side — synthetic journeys
 //!   and fitting the logistic model with linfa.
+//! - [`auth`]: API keys and roles, transport-neutral; the gRPC edge
+//!   (`grpc::edge`) asks it who is calling.
+//! - [`metrics`]: the Prometheus registry each server keeps.
 //! - [`config`] and [`telemetry`]: settings and logging, set up once.
 
 pub mod audience;
+pub mod auth;
 pub mod config;
 pub mod deploy;
 pub mod domain;
 pub mod engine;
 pub mod grpc;
 pub mod load;
+pub mod metrics;
 pub mod scoring;
 pub mod simulator;
 pub mod startup;

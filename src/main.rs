@@ -46,6 +46,15 @@ enum Command {
         /// store.url].
         #[arg(long)]
         store_url: Option<String>,
+        /// Where GET /metrics answers; empty turns it off [default:
+        /// 127.0.0.1:9464; setting metrics_listen].
+        #[arg(long)]
+        metrics_listen: Option<String>,
+    },
+    /// API keys: make a new one.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
     },
     /// Load-test a server: closed loop, latency percentiles, errors by code,
     /// server CPU per call, each scenario next to Health/Check.
@@ -66,6 +75,26 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Print a fresh random key (once: only its SHA-256 is kept) and the
+    /// `[[auth.keys]]` entry to paste into the settings file.
+    New {
+        /// Who will hold the key; logged with each call it makes.
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: score, ingest, profiles, audiences, admin.
+        #[arg(long, value_delimiter = ',', required = true, value_parser = parse_role)]
+        roles: Vec<rung::auth::Role>,
+    },
+}
+
+fn parse_role(text: &str) -> Result<rung::auth::Role, String> {
+    rung::auth::Role::parse(text).ok_or_else(|| {
+        format!("{text:?} is not a role: score, ingest, profiles, audiences or admin")
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -75,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             log_format,
             data_dir,
             store_url,
+            metrics_listen,
         } => {
             let mut settings = Settings::load(config.as_deref()).context("loading settings")?;
             if let Some(addr) = listen {
@@ -88,10 +118,33 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(url) = store_url {
                 settings.store.url = url;
-                settings.validate().context("checking --store-url")?;
             }
+            if let Some(addr) = metrics_listen {
+                settings.metrics_listen = addr;
+            }
+            settings
+                .validate()
+                .context("checking the settings with the command line's flags")?;
             rung::telemetry::init(settings.log_format, &settings.log_level);
             serve(settings)
+        }
+        Command::Keys {
+            command: KeysCommand::New { name, roles },
+        } => {
+            let (key, entry) = rung::auth::new_key(&name, &roles);
+            let mut table = toml::Table::new();
+            table.insert(
+                "keys".into(),
+                toml::Value::Array(vec![toml::Value::try_from(&entry)?]),
+            );
+            let mut auth = toml::Table::new();
+            auth.insert("auth".into(), toml::Value::Table(table));
+            println!("key: {key}");
+            println!("(shown once; give it to {name:?}, who sends `authorization: Bearer <key>`)");
+            println!();
+            println!("# paste into the settings file:");
+            print!("{}", toml::to_string(&auth)?);
+            Ok(())
         }
         Command::Bench(args) => {
             rung::telemetry::init(LogFormat::Human, "warn");

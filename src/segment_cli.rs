@@ -48,6 +48,22 @@ pub struct SourceArgs {
     /// Evaluate as of this moment (RFC 3339) [default: now].
     #[arg(long)]
     pub as_of: Option<String>,
+    /// With --addr: the API key to send (a key with the audiences role).
+    #[arg(long, env = "RUNG_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+/// An audience client for the server at `addr`, sending the API key.
+async fn audience_client(
+    addr: &str,
+    key: Option<&str>,
+) -> anyhow::Result<AudienceServiceClient<rung::grpc::client::KeyedChannel>> {
+    let key = rung::grpc::client::BearerKey::new(key)?;
+    let channel = tonic::transport::Channel::from_shared(addr.to_string())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    Ok(AudienceServiceClient::new(key.on(channel)))
 }
 
 #[derive(clap::Args)]
@@ -158,9 +174,8 @@ pub fn run(cmd: SegmentCommand) -> anyhow::Result<()> {
         SegmentCommand::Count(source) => {
             let n = match &source.addr {
                 Some(addr) => runtime.block_on(async {
-                    let mut client = AudienceServiceClient::connect(endpoint(addr))
-                        .await
-                        .with_context(|| format!("connecting to {addr}"))?;
+                    let mut client =
+                        audience_client(&endpoint(addr), source.api_key.as_deref()).await?;
                     let r = client
                         .count_segment(CountSegmentRequest {
                             name: source.name.clone(),
@@ -215,7 +230,7 @@ async fn export_remote(addr: &str, src: &SourceArgs, w: &mut Writer) -> anyhow::
     let asked = as_of(src.as_of.as_deref())?.map(to_timestamp);
     loop {
         let attempt = async {
-            let mut client = AudienceServiceClient::connect(addr.to_string()).await?;
+            let mut client = audience_client(addr, src.api_key.as_deref()).await?;
             let mut stream = client
                 .export_segment(ExportSegmentRequest {
                     name: src.name.clone(),

@@ -15,6 +15,8 @@ use crate::config::Settings;
 use crate::deploy::{self, DeployError, Polled};
 use crate::domain::{Millis, Taxonomy, TaxonomyError};
 use crate::engine::{Engine, EngineSettings};
+use crate::grpc::conn::ConnLimit;
+use crate::grpc::edge::{Edge, EdgeLayer};
 use crate::grpc::proto::audience_service_server::AudienceServiceServer;
 use crate::grpc::proto::intent_service_server::IntentServiceServer;
 use crate::grpc::proto::model_service_server::ModelServiceServer;
@@ -42,6 +44,21 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Settings(#[from] crate::config::ConfigError),
+    #[error("cannot read {what} {path}: {source}")]
+    TlsFile {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(#[from] tonic::transport::Error),
+    #[error("model_dir {path}: {source}")]
+    ModelDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn load_taxonomy(path: Option<&Path>) -> Result<Taxonomy, StartupError> {
@@ -106,6 +123,9 @@ pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
         "model loaded"
     );
     let store = open_store(settings, taxonomy.clone()).await?;
+    let dir = settings.model_dir();
+    let model_dir = crate::deploy::ModelDir::new(&dir)
+        .map_err(|source| StartupError::ModelDir { path: dir, source })?;
     Ok(Engine::new(
         taxonomy,
         model,
@@ -115,6 +135,7 @@ pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
             bands: settings.bands.clone(),
             limits: settings.limits.clone(),
             retention_days: settings.store.retention_days,
+            model_dir,
         },
     ))
 }
@@ -228,38 +249,116 @@ async fn store_health_loop(
 /// How often the store is asked whether it answers.
 const STORE_CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How often `rung_store_visitors` is recounted.
+const VISITOR_COUNT_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Recounts the store's visitors for the metrics gauge.
+async fn visitor_count_loop(engine: Arc<Engine>, every: std::time::Duration) {
+    let mut ticks = tokio::time::interval(every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        if let Err(e) = engine.count_visitors().await {
+            tracing::debug!(error = %e, "could not count the store's visitors");
+        }
+    }
+}
+
+/// The server's TLS identity (and client CA), read from the settings' files.
+fn tls_config(
+    tls: &crate::config::TlsSettings,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, StartupError> {
+    use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+    let read = |what, path: &Path| {
+        std::fs::read(path).map_err(|source| StartupError::TlsFile {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let (Some(cert), Some(key)) = (&tls.cert, &tls.key) else {
+        return Ok(None);
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("tls.cert", cert)?,
+        read("tls.key", key)?,
+    ));
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("tls.client_ca", ca)?));
+    }
+    // Checked now, so a bad certificate stops the start, not the first call.
+    Server::builder().tls_config(config.clone())?;
+    Ok(Some(config))
+}
+
 /// A bound, ready server.
 pub struct Application {
     listener: TcpListener,
     local_addr: SocketAddr,
+    metrics_listener: Option<TcpListener>,
     engine: Arc<Engine>,
     purge_every: std::time::Duration,
     /// `None`: the model file is not watched (`model_watch_secs = 0`).
     model_watch_every: Option<std::time::Duration>,
+    limits: crate::config::Limits,
+    keys: Vec<crate::auth::KeyEntry>,
+    tls: Option<tonic::transport::ServerTlsConfig>,
 }
 
 impl Application {
     pub async fn build(settings: &Settings) -> Result<Application, StartupError> {
+        // Flags and tests may have changed the settings after loading.
+        settings.validate()?;
+        let tls = tls_config(&settings.tls)?;
         let engine = Arc::new(build_engine(settings).await?);
-        let bind_err = |source| StartupError::Bind {
-            addr: settings.listen,
-            source,
+        let bind_err = |addr| move |source| StartupError::Bind { addr, source };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(bind_err(settings.listen))?;
+        let local_addr = listener.local_addr().map_err(bind_err(settings.listen))?;
+        let metrics_listener = match settings.metrics_listen.as_str() {
+            "" => None,
+            text => {
+                // Checked by validate.
+                let addr: SocketAddr = text.parse().map_err(|_| {
+                    StartupError::Settings(crate::config::ConfigError::Invalid {
+                        key: "metrics_listen",
+                        reason: format!("{text:?} is not an address"),
+                    })
+                })?;
+                Some(TcpListener::bind(addr).await.map_err(bind_err(addr))?)
+            }
         };
-        let listener = TcpListener::bind(settings.listen).await.map_err(bind_err)?;
-        let local_addr = listener.local_addr().map_err(bind_err)?;
+        if settings.auth.keys.is_empty() {
+            tracing::warn!(
+                addr = %local_addr,
+                "no API keys configured: every caller is admitted as anonymous (admin)"
+            );
+        }
         Ok(Application {
             listener,
             local_addr,
+            metrics_listener,
             engine,
             purge_every: std::time::Duration::from_secs(settings.store.purge_interval_secs),
             model_watch_every: (settings.model_watch_secs > 0)
                 .then(|| std::time::Duration::from_secs(settings.model_watch_secs)),
+            limits: settings.limits.clone(),
+            keys: settings.auth.keys.clone(),
+            tls,
         })
     }
 
     /// The address actually bound (the real port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where `GET /metrics` answers, if it is on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then lets in-flight calls finish.
@@ -296,28 +395,78 @@ impl Application {
             health.clone(),
             STORE_CHECK_EVERY,
         ));
-        let incoming = TcpIncoming::from(self.listener).with_nodelay(Some(true));
-        tracing::info!(addr = %self.local_addr, "serving");
-        let result = Server::builder()
-            .trace_fn(|req| tracing::info_span!("grpc", method = %req.uri().path()))
+        let visitor_count =
+            tokio::spawn(visitor_count_loop(self.engine.clone(), VISITOR_COUNT_EVERY));
+        let metrics_server = self.metrics_listener.map(|l| {
+            let addr = l.local_addr().ok();
+            tracing::info!(addr = ?addr, "metrics at GET /metrics");
+            tokio::spawn(crate::metrics::serve(l, self.engine.metrics().clone()))
+        });
+
+        let limits = &self.limits;
+        let idle = std::time::Duration::from_secs(limits.idle_timeout_secs);
+        let connections = ConnLimit::new(limits.max_connections, idle);
+        let incoming = tokio_stream::StreamExt::filter_map(
+            TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+            move |accepted| match accepted {
+                Ok(tcp) => connections.admit(tcp).map(Ok),
+                Err(e) => Some(Err(e)),
+            },
+        );
+        let keyring =
+            crate::auth::Keyring::new(&self.keys).map_err(|e| StartupError::Settings(e.into()))?;
+        let edge = EdgeLayer::new(Edge::new(
+            keyring,
+            limits.max_concurrent_calls,
+            std::time::Duration::from_millis(limits.default_deadline_ms),
+            self.engine.metrics().clone(),
+        ));
+        let max_message = limits.max_message_bytes;
+        let mut server = Server::builder();
+        let tls = self.tls.is_some();
+        if let Some(config) = self.tls {
+            server = server.tls_config(config)?;
+        }
+        tracing::info!(addr = %self.local_addr, tls, "serving");
+        let result = server
+            .max_concurrent_streams(limits.max_streams_per_connection)
+            // Pings find peers that vanished; the idle limit closes the rest.
+            .http2_keepalive_interval(Some((idle / 2).clamp(
+                std::time::Duration::from_secs(1),
+                std::time::Duration::from_secs(60),
+            )))
+            .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+            .layer(edge)
             .add_service(health_service)
             .add_service(reflection)
-            .add_service(IntentServiceServer::new(IntentApi::new(
-                self.engine.clone(),
-            )))
-            .add_service(AudienceServiceServer::new(AudienceApi::new(
-                self.engine.clone(),
-            )))
-            .add_service(ModelServiceServer::new(ModelApi::new(self.engine)))
+            .add_service(
+                IntentServiceServer::new(IntentApi::new(self.engine.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .add_service(
+                AudienceServiceServer::new(AudienceApi::new(self.engine.clone()))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
+            .add_service(
+                ModelServiceServer::new(ModelApi::new(self.engine))
+                    .max_decoding_message_size(max_message)
+                    .max_encoding_message_size(max_message),
+            )
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         // The background tasks hold the engine (and so the store): end them,
         // so the store closes, and its file lock goes, before we return.
-        for task in [purge, store_health]
+        for task in [purge, store_health, visitor_count]
             .into_iter()
             .chain(model_watch)
             .chain(model_notes)
         {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(task) = metrics_server {
             task.abort();
             let _ = task.await;
         }

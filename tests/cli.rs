@@ -28,6 +28,8 @@ fn rung_on(data: &std::path::Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_rung"));
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUNG_DATA_DIR", data)
+        // Side by side with other tests' servers: a port of its own.
+        .env("RUNG_METRICS_LISTEN", "127.0.0.1:0")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

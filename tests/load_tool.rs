@@ -57,6 +57,7 @@ async fn every_scenario_runs_without_errors_and_counts_its_units() {
         min_cpu_sample: Duration::from_millis(10),
         stream_messages: 2,
         rate: None,
+        api_key: Default::default(),
     };
     for scenario in Scenario::ALL {
         let r = run(&app, scenario, &workload, &opts).await;
@@ -97,6 +98,7 @@ async fn a_request_count_measures_exactly_that_many_calls() {
             min_cpu_sample: load::MIN_CPU_SAMPLE,
             stream_messages: 1,
             rate: None,
+            api_key: Default::default(),
         };
         for scenario in [Scenario::Health, Scenario::Score, Scenario::ScoreBatch] {
             let r = run(&app, scenario, &workload, &opts).await;
@@ -125,6 +127,7 @@ async fn an_open_loop_at_a_rate_measures_every_call_it_sends() {
         stream_messages: 1,
         // 8 callers at 400 calls/s in all: each sends every 20 ms.
         rate: Some(400.0),
+        api_key: Default::default(),
     };
 
     let r = run(&app, Scenario::Score, &workload, &opts).await;
@@ -164,7 +167,7 @@ async fn pre_encoded_requests_get_the_same_answers_as_typed_ones() {
     assert!(!known(inline_id.clone()).await);
     assert!(known(stored_id.clone()).await);
 
-    let mut raw = RawClient::new(app.channel.clone());
+    let mut raw = RawClient::new(rung::grpc::client::BearerKey::default().on(app.channel.clone()));
     let typed = |req: ScoreRequest| {
         let mut c = app.client.clone();
         async move { c.score(req).await.unwrap().into_inner() }

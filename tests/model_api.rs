@@ -312,12 +312,15 @@ async fn corrupt_truncated_and_mismatched_artifacts_are_refused_and_the_old_mode
         (
             "a renamed feature",
             serde_json::to_vec(&renamed).unwrap(),
-            vec!["feature 3", "count.something_else"],
+            vec!["feature 3", "feature_names[3]"],
         ),
         (
             "another taxonomy's fingerprint",
             serde_json::to_vec(&other_taxonomy).unwrap(),
-            vec!["does not match the running taxonomy", "sha256:0000"],
+            vec![
+                "does not match the running taxonomy",
+                "taxonomy_fingerprint",
+            ],
         ),
     ];
 
@@ -341,6 +344,10 @@ async fn corrupt_truncated_and_mismatched_artifacts_are_refused_and_the_old_mode
         );
         for words in problem {
             assert!(message.contains(words), "{what}: {message}");
+        }
+        // Values read from the file are never echoed.
+        for secret in ["count.something_else", "sha256:0000", "PNG", "not a model"] {
+            assert!(!message.contains(secret), "{what}: {message}");
         }
         assert_scored_by(&old, &after);
         assert_eq!(model.version, version_of(&old), "{what}");
@@ -633,4 +640,129 @@ async fn health_and_reflection_know_the_model_service() {
     let methods: Vec<&str> = fd.service[0].method.iter().map(|m| m.name()).collect();
     assert_eq!(methods, ["GetModel", "ReloadModel"]);
     m.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_path_outside_the_models_folder_is_permission_denied_without_looking() {
+    let mut m = spawn_with_model_copy(0).await;
+    let escape = m.path.parent().unwrap().join("../escape.json");
+    let outside = [
+        "/etc/passwd".to_string(),
+        "/nonexistent/model.json".to_string(),
+        escape.display().to_string(),
+        "Cargo.toml".to_string(),
+        "models/default.json".to_string(),
+    ];
+
+    let mut messages = Vec::new();
+    for path in &outside {
+        let refused = m
+            .models
+            .reload_model(ReloadModelRequest { path: path.clone() })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::PermissionDenied, "{path}");
+        assert!(
+            refused.message().contains("model_dir"),
+            "{}",
+            refused.message()
+        );
+        messages.push(refused.message().replace(path.as_str(), "<path>"));
+    }
+
+    // An existing file and a missing one read the same: nothing was looked at.
+    assert_eq!(messages[0], messages[1]);
+    let model = get_model(&mut m.models).await;
+    assert!(
+        model.last_refusal.is_none(),
+        "a refused path is not a refused model"
+    );
+    assert_eq!(model.version, version_of(&artifact_json()));
+    m.app.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_file_never_has_its_values_echoed() {
+    let mut m = spawn_with_model_copy(0).await;
+    let cases: [(&str, &[u8]); 3] = [
+        ("secrets.txt", b"password=hunter2-31337\n"),
+        ("numbers.json", b"[31337, 424242]"),
+        (
+            "fields.json",
+            br#"{"format": "hunter2-31337", "version": 424242}"#,
+        ),
+    ];
+    for (name, bytes) in cases {
+        let path = m.path.with_file_name(name);
+        std::fs::write(&path, bytes).unwrap();
+
+        let refused = m
+            .models
+            .reload_model(ReloadModelRequest {
+                path: path.display().to_string(),
+            })
+            .await
+            .unwrap_err();
+
+        assert_eq!(refused.code(), Code::FailedPrecondition, "{name}");
+        let message = refused.message();
+        assert!(message.contains("line 1 column"), "{name}: {message}");
+        for value in ["hunter2", "31337", "424242"] {
+            assert!(!message.contains(value), "{name}: {message}");
+        }
+        let reason = get_model(&mut m.models).await.last_refusal.unwrap().reason;
+        assert!(!reason.contains("31337"), "{reason}");
+    }
+    m.app.stop().await;
+}
+
+#[tokio::test]
+async fn the_last_refusal_is_shown_to_admin_keys_only() {
+    use rung::auth::{sha256_hex, KeyEntry, Role};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.json");
+    std::fs::copy(model_path(), &path).unwrap();
+    let key = |name: &str, role| KeyEntry {
+        name: name.into(),
+        sha256: sha256_hex(name.as_bytes()),
+        roles: vec![role],
+    };
+    let settings = Settings {
+        model: path.clone(),
+        model_watch_secs: 0,
+        auth: rung::config::AuthSettings {
+            keys: vec![key("ops", Role::Admin), key("dash", Role::Audiences)],
+            allow_anonymous: false,
+        },
+        ..test_settings()
+    };
+    let app = spawn_app_with(settings).await;
+    let mut models = ModelServiceClient::new(app.channel.clone());
+    fn as_key<T>(k: &str, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        r.metadata_mut()
+            .insert("authorization", format!("Bearer {k}").parse().unwrap());
+        r
+    }
+    std::fs::write(&path, b"junk").unwrap();
+    models
+        .reload_model(as_key("ops", ReloadModelRequest::default()))
+        .await
+        .unwrap_err();
+
+    let for_admin = models
+        .get_model(as_key("ops", GetModelRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+    let for_dashboard = models
+        .get_model(as_key("dash", GetModelRequest::default()))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert!(for_admin.last_refusal.is_some());
+    assert!(for_dashboard.last_refusal.is_none());
+    assert_eq!(for_admin.version, for_dashboard.version);
+    app.stop().await;
 }

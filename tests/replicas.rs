@@ -695,9 +695,12 @@ impl ServeProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(["--metrics-listen", "127.0.0.1:0"])
             .args(["--store-url", url])
             .env("RUNG_STORE__KEY_PREFIX", prefix)
             .env("RUNG_DATA_DIR", fresh_data_dir())
+            // The tests write their model variants in temporary folders.
+            .env("RUNG_MODEL_DIR", std::env::temp_dir())
             .env_remove("RUNG_CONFIG")
             .env_remove("RUNG_STORE__URL")
             .env_remove("RUST_LOG")

@@ -105,7 +105,12 @@ impl Engine {
             .iter()
             .map(|b| self.builtin_info(b.name, b.description, b.json))
             .collect::<Result<_, _>>()?;
-        for saved in self.store.segments().await? {
+        for saved in self
+            .store
+            .segments()
+            .await
+            .map_err(|e| self.store_failed(e))?
+        {
             out.push(self.saved_info(saved));
         }
         Ok(out)
@@ -115,7 +120,12 @@ impl Engine {
         if let Some(b) = builtins().iter().find(|b| b.name == name) {
             return self.builtin_info(b.name, b.description, b.json);
         }
-        match self.store.segment(name).await? {
+        match self
+            .store
+            .segment(name)
+            .await
+            .map_err(|e| self.store_failed(e))?
+        {
             Some(saved) => Ok(self.saved_info(saved)),
             None => Err(EngineError::SegmentNotFound(name.to_string())),
         }
@@ -133,7 +143,13 @@ impl Engine {
 
     /// Whether `name` is still defined (exports check between chunks).
     async fn segment_exists(&self, name: &str) -> Result<bool, EngineError> {
-        Ok(builtins().iter().any(|b| b.name == name) || self.store.segment(name).await?.is_some())
+        Ok(builtins().iter().any(|b| b.name == name)
+            || self
+                .store
+                .segment(name)
+                .await
+                .map_err(|e| self.store_failed(e))?
+                .is_some())
     }
 
     fn builtin_info(
@@ -194,7 +210,12 @@ impl Engine {
             description: description.to_string(),
             updated_at: now,
         };
-        let replaced = match self.store.put_segment(segment.clone(), overwrite).await? {
+        let replaced = match self
+            .store
+            .put_segment(segment.clone(), overwrite)
+            .await
+            .map_err(|e| self.store_failed(e))?
+        {
             SegmentWrite::Created => false,
             SegmentWrite::Replaced => true,
             SegmentWrite::NameTaken => return Err(EngineError::SegmentNameTaken(name.to_string())),
@@ -206,7 +227,12 @@ impl Engine {
         if builtins().iter().any(|b| b.name == name) {
             return Err(EngineError::BuiltinSegment(name.to_string()));
         }
-        if self.store.delete_segment(name).await? {
+        if self
+            .store
+            .delete_segment(name)
+            .await
+            .map_err(|e| self.store_failed(e))?
+        {
             Ok(())
         } else {
             Err(EngineError::SegmentNotFound(name.to_string()))
@@ -361,7 +387,11 @@ impl Engine {
     {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         // More parts than workers, so uneven parts still balance.
-        let parts = self.store.partitions(workers * 4).await?;
+        let parts = self
+            .store
+            .partitions(workers * 4)
+            .await
+            .map_err(|e| self.store_failed(e))?;
         let next = std::sync::atomic::AtomicUsize::new(0);
         let worker = || async {
             let mut results = Vec::new();

@@ -99,7 +99,10 @@ impl Ingest<'_> {
                     ticket,
                 });
             }
-            Err(reason) => self.summary.reject(index, visitor_id, events, reason),
+            Err(reason) => {
+                self.engine.metrics.events("rejected", events as u64);
+                self.summary.reject(index, visitor_id, events, reason)
+            }
         }
         while self.in_flight.len() > IN_FLIGHT {
             self.settle_oldest().await;
@@ -122,9 +125,14 @@ impl Ingest<'_> {
             Ok(t) => {
                 self.summary.accepted += u64::from(t.accepted);
                 self.summary.duplicates += u64::from(t.duplicates);
+                let m = &self.engine.metrics;
+                m.events("accepted", u64::from(t.accepted));
+                m.events("duplicate", u64::from(t.duplicates));
             }
             Err(e) => {
                 tracing::error!(error = %e, "stream write failed");
+                self.engine.metrics.store_error(e.kind());
+                self.engine.metrics.events("rejected", p.events as u64);
                 self.summary
                     .reject(p.index, p.visitor_id, p.events, format!("not stored: {e}"));
             }

@@ -13,9 +13,12 @@ use std::sync::Arc;
 
 use crate::audience::definition::DefinitionError;
 use crate::config::{Bands, Limits, ScoringSettings};
-use crate::deploy::{DeployError, Deployed, ModelSlot, ModelState, ModelWatch, Polled, Swap};
+use crate::deploy::{
+    DeployError, Deployed, ModelDir, ModelSlot, ModelState, ModelWatch, Polled, Swap,
+};
 use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
+use crate::metrics::Metrics;
 use crate::scoring::{self, rebuild, Band, Ladder, Model, Observation};
 use crate::store::{ModelNote, Store, StoreError, VisitorRecord};
 
@@ -126,6 +129,7 @@ pub struct Engine {
     limits: Limits,
     store: Arc<dyn Store>,
     retention_ms: i64,
+    metrics: Arc<Metrics>,
 }
 
 /// The settings the engine acts on.
@@ -135,6 +139,8 @@ pub struct EngineSettings {
     pub bands: Bands,
     pub limits: Limits,
     pub retention_days: f64,
+    /// The only folder models are loaded from.
+    pub model_dir: ModelDir,
 }
 
 impl Engine {
@@ -144,15 +150,40 @@ impl Engine {
         store: Arc<dyn Store>,
         settings: EngineSettings,
     ) -> Engine {
+        let metrics = Arc::new(Metrics::new());
+        metrics.set_model(model.version());
         Engine {
-            model: ModelSlot::new(taxonomy.clone(), model),
+            model: ModelSlot::new(taxonomy.clone(), model, settings.model_dir),
             taxonomy,
             scoring: settings.scoring,
             bands: settings.bands,
             limits: settings.limits,
             store,
             retention_ms: (settings.retention_days * 86_400_000.0) as i64,
+            metrics,
         }
+    }
+
+    /// What the engine counts, for the metrics endpoint.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Counts a store failure by kind on its way to the caller.
+    fn store_failed(&self, e: StoreError) -> EngineError {
+        self.metrics.store_error(e.kind());
+        EngineError::Store(e)
+    }
+
+    /// How many visitors the store holds, into `rung_store_visitors`.
+    pub async fn count_visitors(&self) -> Result<u64, EngineError> {
+        let n = self
+            .store
+            .visitor_count()
+            .await
+            .map_err(|e| self.store_failed(e))?;
+        self.metrics.store_visitors.set(n as i64);
+        Ok(n)
     }
 
     pub fn taxonomy(&self) -> &Taxonomy {
@@ -174,7 +205,7 @@ impl Engine {
     /// A refused artifact changes nothing: the serving model stays.
     pub async fn reload_model(&self, path: Option<&Path>) -> Result<Swap, EngineError> {
         let swap = self.model.reload(path)?;
-        log_swap(&swap, "reload requested");
+        self.swapped(&swap, "reload requested");
         if let Err(e) = self
             .store
             .announce_model(
@@ -207,7 +238,7 @@ impl Engine {
             return Ok(None);
         }
         let swap = self.model.reload(Some(&note.path))?;
-        log_swap(&swap, "announced by another replica");
+        self.swapped(&swap, "announced by another replica");
         Ok(Some(swap))
     }
 
@@ -220,7 +251,7 @@ impl Engine {
     pub fn poll_model_file(&self, watch: &mut ModelWatch) -> Polled {
         let polled = watch.poll(&self.model);
         if let Polled::Swapped(swap) = &polled {
-            log_swap(swap, "model file changed");
+            self.swapped(swap, "model file changed");
         }
         polled
     }
@@ -241,7 +272,11 @@ impl Engine {
     /// Scores a visitor: stored events plus the query's inline ones.
     pub async fn score(&self, q: ScoreQuery, now: Millis) -> Result<Score, EngineError> {
         let serving = self.model.current();
-        let stored = self.store.load(&q.visitor).await?;
+        let stored = self
+            .store
+            .load(&q.visitor)
+            .await
+            .map_err(|e| self.store_failed(e))?;
         self.score_with(&serving.model, q, stored.as_ref(), now)
             .await
     }
@@ -258,8 +293,9 @@ impl Engine {
         let stored = self.store.load_many(&ids).await;
         let mut scores = Vec::with_capacity(queries.len());
         for (q, rec) in queries.into_iter().zip(stored) {
+            let rec = rec.map_err(|e| self.store_failed(e))?;
             scores.push(
-                self.score_with(&serving.model, q, rec?.as_ref(), now)
+                self.score_with(&serving.model, q, rec.as_ref(), now)
                     .await?,
             );
         }
@@ -342,6 +378,9 @@ impl Engine {
         dup: u32,
     ) -> Score {
         let prediction = model.predict(&obs.features);
+        self.metrics
+            .score_probability
+            .observe(prediction.probability);
         let reasons = top_reasons(model, &obs.features, q.max_reasons)
             .into_iter()
             .map(|i| reason(model, i, obs.features[i]))
@@ -382,11 +421,19 @@ impl Engine {
         // when the call started, like every other call.
         let serving = self.model.current();
         let visitor = q.visitor.clone();
-        let written = self.store.track(q.visitor, q.events, true).await?;
+        let written = self
+            .store
+            .track(q.visitor, q.events, true)
+            .await
+            .map_err(|e| self.store_failed(e))?;
         // A backend that does not hand the record back is read again.
         let record = match written.record {
             Some(r) => Some(*r),
-            None => self.store.load(&visitor).await?,
+            None => self
+                .store
+                .load(&visitor)
+                .await
+                .map_err(|e| self.store_failed(e))?,
         };
         let query = ScoreQuery {
             visitor,
@@ -399,6 +446,9 @@ impl Engine {
         let score = self
             .score_with(&serving.model, query, record.as_ref(), now)
             .await?;
+        self.metrics.events("accepted", u64::from(written.accepted));
+        self.metrics
+            .events("duplicate", u64::from(written.duplicates));
         Ok(Tracked {
             accepted: written.accepted,
             duplicates: written.duplicates,
@@ -408,16 +458,24 @@ impl Engine {
 
     /// What rung remembers about a visitor, read as of one moment.
     pub async fn profile(&self, visitor: &VisitorId) -> Result<Option<Profile>, EngineError> {
-        Ok(self.store.snapshot(visitor).await?.map(|s| Profile {
-            visitor: visitor.clone(),
-            record: s.record,
-            recent: s.recent,
-        }))
+        Ok(self
+            .store
+            .snapshot(visitor)
+            .await
+            .map_err(|e| self.store_failed(e))?
+            .map(|s| Profile {
+                visitor: visitor.clone(),
+                record: s.record,
+                recent: s.recent,
+            }))
     }
 
     /// Erases a visitor; whether anything was there.
     pub async fn forget(&self, visitor: VisitorId) -> Result<bool, EngineError> {
-        Ok(self.store.forget(visitor).await?)
+        self.store
+            .forget(visitor)
+            .await
+            .map_err(|e| self.store_failed(e))
     }
 
     /// Erases visitors inactive for longer than the retention period, in
@@ -426,7 +484,11 @@ impl Engine {
         let inactive_before = self.oldest_storable(now);
         let mut total = 0;
         loop {
-            let purged = self.store.purge(inactive_before, 10_000).await?;
+            let purged = self
+                .store
+                .purge(inactive_before, 10_000)
+                .await
+                .map_err(|e| self.store_failed(e))?;
             total += purged.visitors;
             if !purged.more {
                 return Ok(total);
@@ -436,7 +498,7 @@ impl Engine {
 
     /// Whether the store answers (for health checks).
     pub async fn check_store(&self) -> Result<(), EngineError> {
-        Ok(self.store.check().await?)
+        self.store.check().await.map_err(|e| self.store_failed(e))
     }
 
     fn band(&self, p: f64) -> Band {
@@ -449,6 +511,13 @@ fn reason(model: &Model, i: usize, value: f64) -> Reason {
         feature: model.feature_names()[i].clone(),
         contribution: model.contribution(i, value),
         value,
+    }
+}
+
+impl Engine {
+    fn swapped(&self, swap: &Swap, trigger: &'static str) {
+        self.metrics.set_model(swap.current.version());
+        log_swap(swap, trigger);
     }
 }
 

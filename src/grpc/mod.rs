@@ -2,7 +2,11 @@
 //! error → Status table, and thin handlers that make one engine call each.
 
 pub mod audience_api;
+pub mod client;
+pub mod codec;
+pub mod conn;
 pub mod convert;
+pub mod edge;
 pub mod intent_api;
 pub mod model_api;
 pub mod status;

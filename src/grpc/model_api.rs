@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use crate::auth::{Principal, Role};
 use crate::engine::Engine;
 
 use super::convert;
@@ -25,11 +26,18 @@ impl ModelApi {
 impl ModelService for ModelApi {
     async fn get_model(
         &self,
-        _request: Request<GetModelRequest>,
+        request: Request<GetModelRequest>,
     ) -> Result<Response<GetModelResponse>, Status> {
-        Ok(Response::new(convert::model_response(
-            &self.engine.model_state(),
-        )))
+        let mut state = self.engine.model_state();
+        // Why a file was refused (and which) is for operators only.
+        let admin = request
+            .extensions()
+            .get::<Principal>()
+            .is_some_and(|p| p.has(Role::Admin));
+        if !admin {
+            state.last_refusal = None;
+        }
+        Ok(Response::new(convert::model_response(&state)))
     }
 
     async fn reload_model(

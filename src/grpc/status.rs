@@ -45,6 +45,7 @@ impl From<FieldError> for Status {
 /// The one table from engine errors to gRPC codes.
 impl From<crate::engine::EngineError> for Status {
     fn from(e: crate::engine::EngineError) -> Status {
+        use crate::deploy::DeployError;
         use crate::engine::EngineError;
         use crate::store::StoreError;
         match &e {
@@ -61,10 +62,21 @@ impl From<crate::engine::EngineError> for Status {
                 tracing::error!(error = %e, "internal error");
                 Status::internal("internal error")
             }
-            // The operator who asked for the reload needs the whole problem
-            // (which file, what is wrong with it), so it is the message.
+            // Refused before anything was read: the caller asked for a file
+            // outside the models folder.
+            EngineError::Model(cause @ DeployError::Outside { .. }) => {
+                tracing::warn!(error = %cause, "a model path outside model_dir was refused");
+                Status::permission_denied(cause.to_string())
+            }
+            // The operator who asked for the reload needs the problem (which
+            // file, which field), so it is the message; values read from the
+            // file stay in the server's log.
             EngineError::Model(cause) => {
-                tracing::error!(error = %cause, "model artifact refused; the serving model stays");
+                let detail = match cause {
+                    DeployError::Refused { source, .. } => source.to_string(),
+                    other => other.to_string(),
+                };
+                tracing::error!(error = %cause, %detail, "model artifact refused; the serving model stays");
                 Status::failed_precondition(cause.to_string())
             }
             EngineError::SegmentNotFound(_) => Status::not_found(e.to_string()),

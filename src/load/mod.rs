@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hdrhistogram::Histogram;
 use tonic::transport::Channel;
+
+use crate::grpc::client::{BearerKey, KeyedChannel};
 use tonic::Code;
 
 use crate::grpc::proto::intent_service_client::IntentServiceClient;
@@ -104,6 +106,8 @@ pub struct LoadOptions {
     /// schedule, instead of each caller sending its next call as soon as the
     /// last one is answered. `None`: closed loop.
     pub rate: Option<f64>,
+    /// Sent as `authorization: Bearer <key>` with every call.
+    pub api_key: BearerKey,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +259,7 @@ pub async fn run(
             let seed = (c * opts.in_flight + f) as u64;
             let callers = channels.len() * opts.in_flight;
             tasks.push(tokio::spawn(async move {
+                let channel = opts.api_key.on(channel);
                 let mut caller = Caller::new(channel, workload, tag, seed, opts.stream_messages);
                 let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
                 let (mut calls, mut units) = (0u64, 0u64);
@@ -378,7 +383,7 @@ fn failure(s: tonic::Status) -> (Code, String) {
 
 /// One in-flight slot: a client and its position in the workload.
 struct Caller {
-    intent: IntentServiceClient<Channel>,
+    intent: IntentServiceClient<KeyedChannel>,
     raw: RawClient,
     workload: Arc<Workload>,
     /// The run's [`run_tag`], in the ids of the visitors this caller writes.
@@ -390,7 +395,7 @@ struct Caller {
 
 impl Caller {
     fn new(
-        channel: Channel,
+        channel: KeyedChannel,
         workload: Arc<Workload>,
         tag: Arc<str>,
         seed: u64,

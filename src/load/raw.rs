@@ -6,10 +6,10 @@
 //! the bytes ready, the generator's cost per call is the same for every
 //! scenario, as small as it can be, and the comparison with Health is fair.
 
+use crate::grpc::client::KeyedChannel;
 use bytes::{Buf, BufMut, Bytes};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 /// Sends ready protobuf bytes and hands back the response's bytes.
@@ -53,11 +53,11 @@ impl Decoder for RawCodec {
 /// A unary client for pre-encoded requests.
 #[derive(Clone)]
 pub struct RawClient {
-    grpc: tonic::client::Grpc<Channel>,
+    grpc: tonic::client::Grpc<KeyedChannel>,
 }
 
 impl RawClient {
-    pub fn new(channel: Channel) -> RawClient {
+    pub fn new(channel: KeyedChannel) -> RawClient {
         RawClient {
             grpc: tonic::client::Grpc::new(channel)
                 .max_decoding_message_size(64 << 20)

@@ -76,8 +76,39 @@ pub enum ModelError {
     Parse(#[from] serde_json::Error),
     #[error("model artifact is malformed: {0}")]
     Malformed(String),
-    #[error("model does not match the running taxonomy: {0}")]
-    Mismatch(String),
+    /// `problem` says what differs without repeating the file's values;
+    /// `detail` (for the data scientist's own tools and the server's log)
+    /// says how.
+    #[error("model does not match the running taxonomy: {problem} ({detail})")]
+    Mismatch { problem: String, detail: String },
+}
+
+impl ModelError {
+    /// The problem, naming fields and positions but never a value read from
+    /// the file: what a server tells a caller about a file it read.
+    pub fn summary(&self) -> String {
+        match self {
+            ModelError::Parse(e) => {
+                let what = match e.classify() {
+                    serde_json::error::Category::Io => "cannot be read",
+                    serde_json::error::Category::Syntax => "is not JSON",
+                    serde_json::error::Category::Data => {
+                        "is JSON but a field is missing or of the wrong type"
+                    }
+                    serde_json::error::Category::Eof => "ends early (EOF)",
+                };
+                format!(
+                    "model file is not a valid artifact: it {what}, at line {} column {}",
+                    e.line(),
+                    e.column()
+                )
+            }
+            ModelError::Malformed(_) => self.to_string(),
+            ModelError::Mismatch { problem, .. } => {
+                format!("model does not match the running taxonomy: {problem}")
+            }
+        }
+    }
 }
 
 /// A checked model, with the standardization folded into the weights so a
@@ -111,8 +142,7 @@ impl Model {
     pub fn from_artifact(a: &ModelArtifact, taxonomy: &Taxonomy) -> Result<Model, ModelError> {
         if a.format != FORMAT {
             return Err(ModelError::Malformed(format!(
-                "format is {:?}; this build reads {FORMAT:?}",
-                a.format
+                "format is not {FORMAT:?}, the one this build reads"
             )));
         }
         if a.version.is_empty() {
@@ -137,15 +167,13 @@ impl Model {
         ] {
             if let Some(i) = values.iter().position(|v| !v.is_finite()) {
                 return Err(ModelError::Malformed(format!(
-                    "{field}[{i}] ({}) is not a finite number",
-                    a.feature_names[i]
+                    "{field}[{i}] is not a finite number"
                 )));
             }
         }
         if let Some(i) = a.scales.iter().position(|s| *s <= 0.0) {
             return Err(ModelError::Malformed(format!(
-                "scales[{i}] ({}) must be positive",
-                a.feature_names[i]
+                "scales[{i}] must be positive"
             )));
         }
         if !a.intercept.is_finite() {
@@ -155,7 +183,12 @@ impl Model {
         }
         check_features(&a.feature_names, &feature_names(taxonomy))?;
         if a.taxonomy_fingerprint != taxonomy.fingerprint() {
-            return Err(ModelError::Mismatch(describe_drift(a, taxonomy)));
+            return Err(ModelError::Mismatch {
+                problem:
+                    "it was trained on another taxonomy (taxonomy_fingerprint differs); retrain it"
+                        .into(),
+                detail: describe_drift(a, taxonomy),
+            });
         }
 
         let weights: Vec<f64> = a
@@ -222,10 +255,13 @@ pub fn sigmoid(z: f64) -> f64 {
 
 fn check_features(model: &[String], running: &[String]) -> Result<(), ModelError> {
     if let Some(i) = (0..model.len().min(running.len())).find(|&i| model[i] != running[i]) {
-        return Err(ModelError::Mismatch(format!(
-            "feature {i} is {:?} in the model but {:?} in the running taxonomy",
-            model[i], running[i]
-        )));
+        return Err(ModelError::Mismatch {
+            problem: format!("feature {i} (feature_names[{i}]) differs"),
+            detail: format!(
+                "feature {i} is {:?} in the model but {:?} in the running taxonomy",
+                model[i], running[i]
+            ),
+        });
     }
     if model.len() != running.len() {
         let (longer, which) = if model.len() > running.len() {
@@ -234,10 +270,14 @@ fn check_features(model: &[String], running: &[String]) -> Result<(), ModelError
             (running, "the running taxonomy has extra features")
         };
         let extra = &longer[model.len().min(running.len())..];
-        return Err(ModelError::Mismatch(format!(
-            "{which}: {}",
-            extra.join(", ")
-        )));
+        return Err(ModelError::Mismatch {
+            problem: format!(
+                "feature_names has {} entries; the running taxonomy has {}",
+                model.len(),
+                running.len()
+            ),
+            detail: format!("{which}: {}", extra.join(", ")),
+        });
     }
     Ok(())
 }

@@ -37,6 +37,18 @@ pub enum StoreError {
     Incompatible(String),
 }
 
+impl StoreError {
+    /// The `kind` label of `rung_store_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StoreError::Unavailable(_) => "unavailable",
+            StoreError::Corrupt { .. } => "corrupt",
+            StoreError::Locked { .. } => "locked",
+            StoreError::Incompatible(_) => "incompatible",
+        }
+    }
+}
+
 /// A model one replica loaded, announced to the others sharing its store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ModelNote {
@@ -314,6 +326,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<SegmentWrite, StoreError>;
     /// Removes a saved segment; whether it existed.
     async fn delete_segment(&self, name: &str) -> Result<bool, StoreError>;
+    /// How many visitors are kept (for the `rung_store_visitors` gauge).
+    async fn visitor_count(&self) -> Result<u64, StoreError>;
     /// Saved segments, by name.
     async fn segments(&self) -> Result<Vec<SavedSegment>, StoreError>;
     async fn segment(&self, name: &str) -> Result<Option<SavedSegment>, StoreError>;

@@ -23,7 +23,10 @@ use std::path::Path;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
 
 use crate::domain::{Millis, NewEvent, StoredEvent, Taxonomy, VisitorId};
 use crate::scoring::rebuild;
@@ -415,6 +418,12 @@ impl Store for RedbStore {
     async fn delete_segment(&self, name: &str) -> Result<bool, StoreError> {
         let name = name.to_string();
         self.write(|reply| Job::DeleteSegment { name, reply }).await
+    }
+
+    async fn visitor_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(VISITORS).map_err(unavailable)?;
+        table.len().map_err(unavailable)
     }
 
     async fn segments(&self) -> Result<Vec<SavedSegment>, StoreError> {

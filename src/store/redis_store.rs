@@ -1145,6 +1145,29 @@ impl Store for RedisStore {
         scan_key(slot_of(visitor), visitor)
     }
 
+    async fn visitor_count(&self) -> Result<u64, StoreError> {
+        // Every visitor is in its slot's last-seen index: one ZCARD per
+        // slot, a batch of slots at a time.
+        let inner = &self.inner;
+        let mut total = 0u64;
+        let mut slot = 0u16;
+        while slot < SLOTS {
+            let end = slot.saturating_add(SLOT_BATCH).min(SLOTS);
+            let counts = join_all((slot..end).map(|s| async move {
+                redis::cmd("ZCARD")
+                    .arg(inner.keys.seen(s))
+                    .query_async::<u64>(&mut inner.conn())
+                    .await
+            }))
+            .await;
+            for c in counts {
+                total += c.map_err(|e| inner.unavailable(&e))?;
+            }
+            slot = end;
+        }
+        Ok(total)
+    }
+
     async fn partitions(&self, parts: usize) -> Result<Vec<ScanRange>, StoreError> {
         // By hash slot: visitors spread evenly over slots, whatever their ids.
         let parts = parts.clamp(1, usize::from(SLOTS));

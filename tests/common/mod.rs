@@ -39,6 +39,8 @@ pub fn test_settings() -> Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
         model: model_path(),
         data_dir: fresh_data_dir(),
+        // Port 0: tests run side by side, each with its own metrics port.
+        metrics_listen: "127.0.0.1:0".into(),
         ..Settings::default()
     }
 }
@@ -50,6 +52,8 @@ pub fn redis_settings(url: &str, key_prefix: &str) -> Settings {
     s.store.url = url.to_string();
     s.store.key_prefix = key_prefix.to_string();
     s.store.redis_timeout_ms = 1000;
+    // Replica tests write their model variants in temporary folders.
+    s.model_dir = Some(std::env::temp_dir());
     s
 }
 
@@ -77,9 +81,30 @@ pub async fn spawn_app() -> TestApp {
     spawn_app_with(test_settings()).await
 }
 
-pub async fn spawn_app_with(settings: Settings) -> TestApp {
+/// A running server, without a client (TLS tests connect their own way).
+pub struct TestServer {
+    pub addr: SocketAddr,
+    /// Where `GET /metrics` answers.
+    pub metrics: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestServer {
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("server task");
+        }
+    }
+}
+
+pub async fn spawn_server(settings: Settings) -> TestServer {
     let app = Application::build(&settings).await.expect("server builds");
     let addr = app.local_addr();
+    let metrics = app.metrics_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -88,6 +113,17 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         .await
         .expect("server runs");
     });
+    TestServer {
+        addr,
+        metrics,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let mut server = spawn_server(settings).await;
+    let addr = server.addr;
     // The listener is bound before `build` returns, so connecting needs no wait.
     let channel = Channel::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -98,8 +134,8 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         addr,
         client: IntentServiceClient::new(channel.clone()),
         channel,
-        stop: Some(tx),
-        task: Some(task),
+        stop: server.stop.take(),
+        task: server.task.take(),
     }
 }
 
