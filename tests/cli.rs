@@ -361,3 +361,77 @@ fn rung_bench_starts_its_own_server_and_reports_every_scenario_next_to_health() 
     // It stored the visitors that Score by id asks for first.
     assert!(stderr.contains("stored 10 visitors"), "{stderr}");
 }
+
+#[test]
+fn a_key_from_keys_new_opens_the_server_and_its_name_not_the_key_is_logged() {
+    // Arrange: a key as an operator makes one, pasted into a settings file.
+    let made = Command::new(env!("CARGO_BIN_EXE_rung"))
+        .args(["keys", "new", "--name", "recs", "--roles", "score,ingest"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let printed = String::from_utf8(made.stdout).unwrap();
+    let key = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .expect("the key is printed")
+        .to_string();
+    let entry = &printed[printed.find("[[auth.keys]]").expect("the entry is printed")..];
+    let settings = temp_file("keys.toml", entry);
+
+    // Act: serve with it, with RUNG_API_KEY exported as in a client's shell,
+    // and call with and without the key.
+    let mut child = rung()
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .arg("--config")
+        .arg(&settings)
+        .env("RUNG_API_KEY", &key)
+        .env("RUST_LOG", "rung=debug")
+        .spawn()
+        .unwrap();
+    let lines = stderr_lines(&mut child);
+    let serving = wait_for(&lines, "\"serving\"");
+    let addr = serde_json::from_str::<serde_json::Value>(&serving).unwrap()["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (with_key, without) = rt.block_on(async {
+        let mut client = IntentServiceClient::connect(format!("http://{addr}"))
+            .await
+            .unwrap();
+        let mut req = tonic::Request::new(ScoreRequest {
+            visitor_id: "cli".into(),
+            ..ScoreRequest::default()
+        });
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {key}").parse().unwrap());
+        let with_key = client.score(req).await.map(drop);
+        let without = client
+            .score(ScoreRequest {
+                visitor_id: "cli".into(),
+                ..ScoreRequest::default()
+            })
+            .await
+            .map(drop);
+        (with_key, without)
+    });
+    let call_line = wait_for(&lines, "\"method\":\"Score\"");
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // Assert
+    assert!(with_key.is_ok(), "{with_key:?}");
+    assert_eq!(without.unwrap_err().code(), tonic::Code::Unauthenticated);
+    assert!(call_line.contains("\"key\":\"recs\""), "{call_line}");
+    assert!(!call_line.contains(&key), "{call_line}");
+    let sha = rung::auth::sha256_hex(key.as_bytes());
+    assert!(entry.contains(&sha), "the entry holds the key's SHA-256");
+    assert!(!entry.contains(&key), "the entry never holds the key");
+}
+
+#[test]
+fn an_unknown_rung_variable_still_stops_the_start() {
+    let stderr = refused_start(&[], &[("RUNG_API_KYE", "typo")]);
+    assert!(stderr.contains("api_kye"), "{stderr}");
+}
