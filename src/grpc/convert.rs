@@ -75,6 +75,10 @@ fn events(
 
 pub fn track_query(req: proto::TrackRequest, cx: &ParseContext) -> Result<TrackQuery, FieldError> {
     let visitor = visitor_id(req.visitor_id, cx)?;
+    // An empty Track would store a visitor with nothing about them.
+    if req.events.is_empty() {
+        return Err(FieldError::new("events", "at least one event is required"));
+    }
     let (events, ignored_unknown_type) = events(req.events, cx, Purpose::Store)?;
     Ok(TrackQuery {
         visitor,
