@@ -525,3 +525,39 @@ async fn a_corrupt_record_fails_that_visitor_alone_and_can_be_forgotten() {
     assert_eq!(fresh.unwrap().into_inner().accepted, 5);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn a_track_without_events_is_refused_naming_the_field_and_creates_no_visitor() {
+    let mut app = spawn_app().await;
+
+    let refused = app.client.track(track("empty", vec![])).await.unwrap_err();
+    let summary = app
+        .client
+        .track_stream(tokio_stream::iter(vec![
+            track("empty", vec![]),
+            track("full", journey()),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("events:"), "{refused:?}");
+    let indices: Vec<u64> = summary.rejections.iter().map(|r| r.message_index).collect();
+    assert_eq!(indices, [0]);
+    assert!(
+        summary.rejections[0].reason.starts_with("events:"),
+        "{:?}",
+        summary.rejections
+    );
+    let empty = app
+        .client
+        .get_visitor(GetVisitorRequest {
+            visitor_id: "empty".into(),
+            max_events: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::NotFound);
+    app.stop().await;
+}
