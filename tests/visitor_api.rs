@@ -478,12 +478,20 @@ async fn a_corrupt_record_fails_that_visitor_alone_and_can_be_forgotten() {
     app.stop().await;
     {
         let db = redb::Database::open(settings.data_dir.join("rung.redb")).unwrap();
+        // Rows are keyed by a pseudonym of the visitor id.
+        let row = rung::store::redb_store::row_key(&db, "bad").unwrap();
         let txn = db.begin_write().unwrap();
         {
             let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("visitors");
             let mut table = txn.open_table(def).unwrap();
+            assert!(redb::ReadableTable::get(&table, row.as_str())
+                .unwrap()
+                .is_some());
             table
-                .insert("bad", &[0u8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0x01][..])
+                .insert(
+                    row.as_str(),
+                    &[0u8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0x01][..],
+                )
                 .unwrap();
         }
         txn.commit().unwrap();
