@@ -175,6 +175,16 @@ impl KeyFile {
     pub fn reconcile(&self, in_use: &std::collections::HashSet<u64>) -> io::Result<usize> {
         let len = self.file.metadata()?.len();
         let end = len / KEY_LEN as u64;
+        if let Some(&needed) = in_use.iter().max().filter(|&&m| m >= end) {
+            // A key file that is missing or from another copy of the store:
+            // handing out slots the store already names would mix visitors.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{KEYS_FILE_NAME} holds {end} key slots but the store names slot {needed};                      it must be the key file written with this rung.redb"
+                ),
+            ));
+        }
         let mut free = Vec::new();
         let mut destroyed = 0;
         let mut buf = vec![0u8; 64 * KEY_LEN];
@@ -332,6 +342,16 @@ mod tests {
         assert_eq!(destroyed, 1);
         assert!(keys.read(kept.slot).unwrap().is_some());
         assert!(keys.read(stale.slot).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_key_file_shorter_than_the_store_needs_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = KeyFile::open(dir.path()).unwrap();
+
+        let err = keys.reconcile(&[3].into_iter().collect()).unwrap_err();
+
+        assert!(err.to_string().contains("slot 3"), "{err}");
     }
 
     #[test]

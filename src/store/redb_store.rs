@@ -269,7 +269,12 @@ impl RedbStore {
         // destroyed before anything is served.
         let destroyed = keys
             .reconcile(&slots_in_use(&db)?)
-            .map_err(|e| unavailable(format!("cannot reconcile the key file: {e}")))?;
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::InvalidData => {
+                    StoreError::Incompatible(format!("{}: {e}", dir.display()))
+                }
+                _ => unavailable(format!("cannot reconcile the key file: {e}")),
+            })?;
         if destroyed > 0 {
             tracing::info!(
                 keys = destroyed,
