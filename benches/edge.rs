@@ -86,7 +86,12 @@ fn layers(c: &mut Criterion) {
     });
     for (label, layer, path, sent) in [
         ("Score, no keys configured", edge(&[]), score, None),
-        ("Score, a key among five", edge(&keys), score, Some(key.as_str())),
+        (
+            "Score, a key among five",
+            edge(&keys),
+            score,
+            Some(key.as_str()),
+        ),
         ("Health, open", edge(&keys), health, None),
     ] {
         let svc = layer.layer(ok_service());

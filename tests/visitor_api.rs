@@ -478,12 +478,20 @@ async fn a_corrupt_record_fails_that_visitor_alone_and_can_be_forgotten() {
     app.stop().await;
     {
         let db = redb::Database::open(settings.data_dir.join("rung.redb")).unwrap();
+        // Rows are keyed by a pseudonym of the visitor id.
+        let row = rung::store::redb_store::row_key(&db, "bad").unwrap();
         let txn = db.begin_write().unwrap();
         {
             let def: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("visitors");
             let mut table = txn.open_table(def).unwrap();
+            assert!(redb::ReadableTable::get(&table, row.as_str())
+                .unwrap()
+                .is_some());
             table
-                .insert("bad", &[0u8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0x01][..])
+                .insert(
+                    row.as_str(),
+                    &[0u8, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xfe, 0x01][..],
+                )
                 .unwrap();
         }
         txn.commit().unwrap();
@@ -523,5 +531,41 @@ async fn a_corrupt_record_fails_that_visitor_alone_and_can_be_forgotten() {
     assert_eq!(good.unwrap().into_inner().rung, "begin_checkout");
     assert!(forgot.unwrap().into_inner().existed);
     assert_eq!(fresh.unwrap().into_inner().accepted, 5);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_track_without_events_is_refused_naming_the_field_and_creates_no_visitor() {
+    let mut app = spawn_app().await;
+
+    let refused = app.client.track(track("empty", vec![])).await.unwrap_err();
+    let summary = app
+        .client
+        .track_stream(tokio_stream::iter(vec![
+            track("empty", vec![]),
+            track("full", journey()),
+        ]))
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().starts_with("events:"), "{refused:?}");
+    let indices: Vec<u64> = summary.rejections.iter().map(|r| r.message_index).collect();
+    assert_eq!(indices, [0]);
+    assert!(
+        summary.rejections[0].reason.starts_with("events:"),
+        "{:?}",
+        summary.rejections
+    );
+    let empty = app
+        .client
+        .get_visitor(GetVisitorRequest {
+            visitor_id: "empty".into(),
+            max_events: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(empty.code(), Code::NotFound);
     app.stop().await;
 }

@@ -90,6 +90,9 @@ impl Ingest<'_> {
         let index = self.summary.messages;
         self.summary.messages += 1;
         match parsed {
+            // Every event skipped (unknown types the server ignores):
+            // nothing to store.
+            Ok(q) if q.events.is_empty() => {}
             Ok(q) => {
                 let ticket = self.engine.store.track(q.visitor, q.events, false);
                 self.in_flight.push_back(Pending {

@@ -421,11 +421,20 @@ impl Engine {
         // when the call started, like every other call.
         let serving = self.model.current();
         let visitor = q.visitor.clone();
-        let written = self
-            .store
-            .track(q.visitor, q.events, true)
-            .await
-            .map_err(|e| self.store_failed(e))?;
+        // Every event skipped (unknown types the server ignores): nothing to
+        // store, and no visitor to create for it.
+        let written = if q.events.is_empty() {
+            crate::store::Tracked {
+                accepted: 0,
+                duplicates: 0,
+                record: None,
+            }
+        } else {
+            self.store
+                .track(q.visitor, q.events, true)
+                .await
+                .map_err(|e| self.store_failed(e))?
+        };
         // A backend that does not hand the record back is read again.
         let record = match written.record {
             Some(r) => Some(*r),

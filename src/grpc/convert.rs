@@ -75,9 +75,12 @@ fn events(
 
 pub fn track_query(req: proto::TrackRequest, cx: &ParseContext) -> Result<TrackQuery, FieldError> {
     let visitor = visitor_id(req.visitor_id, cx)?;
-    // An empty Track would store a visitor with nothing about them.
+    // A Track stores events; one with none would create an empty visitor.
     if req.events.is_empty() {
-        return Err(FieldError::new("events", "at least one event is required"));
+        return Err(FieldError::new(
+            "events",
+            "must not be empty: a Track stores at least one event",
+        ));
     }
     let (events, ignored_unknown_type) = events(req.events, cx, Purpose::Store)?;
     Ok(TrackQuery {

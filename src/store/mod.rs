@@ -5,6 +5,7 @@
 //! raw events; what a write does to a record is pure code in [`record`],
 //! shared by all of them.
 
+pub mod keys;
 pub mod record;
 pub mod redb_store;
 pub mod redis_store;
