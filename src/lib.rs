@@ -18,12 +18,16 @@
 //! - [`training`] and [`simulator`]: the offline side — synthetic journeys
 //!   and fitting the logistic model with linfa.
 //! - [`config`] and [`telemetry`]: settings and logging, set up once.
+//!
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets in `fuzz/`.
 
 pub mod audience;
 pub mod config;
 pub mod deploy;
 pub mod domain;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod load;
 pub mod scoring;
