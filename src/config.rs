@@ -365,6 +365,17 @@ impl Settings {
         }
         Ok(())
     }
+
+    /// Defaults, then the TOML `text`; checked. No environment: the same
+    /// text always gives the same settings (tests, fuzzing, tools).
+    pub fn from_toml_str(text: &str) -> Result<Settings, ConfigError> {
+        let settings: Settings = Figment::from(Serialized::defaults(Settings::default()))
+            .merge(Toml::string(text))
+            .extract()
+            .map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
 }
 
 impl Settings {

@@ -21,6 +21,8 @@
 //!   (`grpc::edge`) asks it who is calling.
 //! - [`metrics`]: the Prometheus registry each server keeps.
 //! - [`config`] and [`telemetry`]: settings and logging, set up once.
+//!
+//! `fuzzing` (hidden) holds the bodies of the fuzz targets in `fuzz/`.
 
 pub mod audience;
 pub mod auth;
@@ -28,6 +30,8 @@ pub mod config;
 pub mod deploy;
 pub mod domain;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod load;
 pub mod metrics;

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use serde_json::{json, Map, Value};
 
-use super::definition::DefinitionError;
+use super::definition::{DefinitionError, MAX_DEPTH};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Tok {
@@ -152,6 +152,7 @@ pub fn to_json(text: &str) -> Result<(Value, Spans), DefinitionError> {
         tokens,
         at: 0,
         end: text.chars().count() + 1,
+        depth: 0,
     };
     let expr = p.expr()?;
     if let Some(t) = p.peek() {
@@ -210,6 +211,8 @@ struct Parser {
     at: usize,
     /// Column just past the text, for "expected ... at the end".
     end: usize,
+    /// Parentheses and `not`s open around the current position.
+    depth: usize,
 }
 
 impl Parser {
@@ -289,15 +292,37 @@ impl Parser {
         if self.is_word("not") {
             let col = self.col();
             self.at += 1;
-            return Ok(Expr::Not(Box::new(self.factor()?), col));
+            return Ok(Expr::Not(Box::new(self.deeper(col, Self::factor)?), col));
         }
         if self.is_op("(") && !self.starts_name_list() {
+            let col = self.col();
             self.at += 1;
-            let e = self.expr()?;
+            let e = self.deeper(col, Self::expr)?;
             self.expect_op(")")?;
             return Ok(e);
         }
         self.atom()
+    }
+
+    /// Parses one level further in. The parser recurses once per level, so
+    /// the depth is bounded before the JSON check would see it: 16 KiB of
+    /// `(` overflowed a 2 MiB thread stack (a server worker's) and aborted
+    /// the process. The JSON form refuses the same depth.
+    fn deeper(
+        &mut self,
+        col: usize,
+        parse: fn(&mut Self) -> Result<Expr, DefinitionError>,
+    ) -> Result<Expr, DefinitionError> {
+        if self.depth >= MAX_DEPTH {
+            return syntax(
+                col,
+                format!("parentheses and \"not\" nest deeper than {MAX_DEPTH}"),
+            );
+        }
+        self.depth += 1;
+        let e = parse(self);
+        self.depth -= 1;
+        e
     }
 
     /// `(a, b) then ...` or `(a, b) in last ...`: a list of event types, not a group.
@@ -662,5 +687,23 @@ mod tests {
             assert_eq!(e.position, position, "{text}: {}", e.reason);
             assert!(e.reason.contains(reason), "{text}: {}", e.reason);
         }
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_json_form_allows_is_refused_at_its_column() {
+        let t = Taxonomy::builtin();
+        // Both near the 16 KiB limit: deep enough to overflow the stack of
+        // a recursive parser on a 2 MiB thread (which this test runs on).
+        let parens = format!("{}band = high{}", "(".repeat(8000), ")".repeat(8000));
+        let nots = format!("{}band = high", "not ".repeat(4000));
+        // 32 levels are allowed; the 33rd opener (column 33, or 4 × 32 + 1
+        // for "not ") is where the text goes too deep.
+        for (text, position) in [(&parens, "column 33"), (&nots, "column 129")] {
+            let e = Definition::parse(text, &t, &LIMITS).expect_err("too deep");
+            assert_eq!(e.position, position, "{}", e.reason);
+            assert!(e.reason.contains("nest deeper than 32"), "{}", e.reason);
+        }
+        let fine = format!("{}band = high{}", "(".repeat(32), ")".repeat(32));
+        assert_eq!(canonical(&fine), r#"{"band":"high"}"#);
     }
 }

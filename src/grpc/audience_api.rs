@@ -69,7 +69,7 @@ impl AudienceApi {
 }
 
 /// 1 to 64 of a–z, 0–9, '_' and '-': safe in URLs, file names and CSV.
-fn segment_name(name: &str) -> Result<(), FieldError> {
+pub(crate) fn segment_name(name: &str) -> Result<(), FieldError> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(FieldError::new(
             "name",
@@ -88,7 +88,10 @@ fn segment_name(name: &str) -> Result<(), FieldError> {
     Ok(())
 }
 
-fn as_of(t: Option<&prost_types::Timestamp>, field: &str) -> Result<Option<Millis>, FieldError> {
+pub(crate) fn as_of(
+    t: Option<&prost_types::Timestamp>,
+    field: &str,
+) -> Result<Option<Millis>, FieldError> {
     t.map(|t| convert::timestamp(t).map_err(|e| FieldError::new(field, e)))
         .transpose()
 }

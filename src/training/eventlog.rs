@@ -304,13 +304,28 @@ pub fn read(
     max_bad_rows: usize,
     progress: &dyn Fn(u64),
 ) -> Result<EventLog, LogError> {
+    let file = std::fs::File::open(path).map_err(|source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    read_from(file, path, mapping, taxonomy, max_bad_rows, progress)
+}
+
+/// Reads an event log from any reader; `path` only names it in errors.
+pub fn read_from(
+    input: impl Read,
+    path: &Path,
+    mapping: &Mapping,
+    taxonomy: &Taxonomy,
+    max_bad_rows: usize,
+    progress: &dyn Fn(u64),
+) -> Result<EventLog, LogError> {
     let io = |source| LogError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
     let counted = CountingReader {
-        inner: file,
+        inner: input,
         read: 0,
         progress,
     };
