@@ -1,5 +1,6 @@
-//! The embedded store: what a Track and a load cost, and the bytes on disk
-//! per visitor and per kept raw event. Run: cargo bench --bench store
+//! The embedded store: what a Track, a load, a GetVisitor and a ForgetVisitor
+//! cost, and the bytes on disk per visitor and per kept raw event.
+//! Run: cargo bench --bench store (`RUNG_BENCH_IDS=random` for ids in no order)
 //!
 //! With `RUNG_BENCH_STORE_URL=redis://…` the shared store is measured as
 //! well, on that Redis under fresh key prefixes removed afterwards: its
@@ -47,8 +48,22 @@ fn events(t: &Taxonomy, visitor: usize, n: usize) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Visitor `n`'s id: `visitor-00000042` (ids that sort in the order they
+/// are made), or with `RUNG_BENCH_IDS=random` ids in no order, as cookies
+/// and UUIDs are (a store keyed by a hash of the id sees that order anyway).
 fn id(n: usize) -> VisitorId {
-    VisitorId::parse(format!("visitor-{n:08}"), 256).unwrap()
+    static RANDOM: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let random = *RANDOM.get_or_init(|| std::env::var("RUNG_BENCH_IDS").as_deref() == Ok("random"));
+    let raw = if random {
+        // An odd multiplier permutes the u64s: distinct n, distinct ids.
+        format!(
+            "visitor-{:016x}",
+            (n as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        )
+    } else {
+        format!("visitor-{n:08}")
+    };
+    VisitorId::parse(raw, 256).unwrap()
 }
 
 /// Stores visitors `range` of `per_visitor` events each, 1000 writes in
@@ -214,6 +229,46 @@ fn operations(c: &mut Criterion) {
             black_box(record.aggregate.observe(&t, as_of))
         })
     });
+    group.bench_function("snapshot of a 20-event visitor (GetVisitor)", |b| {
+        let mut v = 0;
+        b.iter(|| {
+            v = (v + 1) % 1000;
+            black_box(ct.block_on(store.snapshot(&id(v))).unwrap())
+        })
+    });
+    group.bench_function(
+        "one Track of 20 events to a known visitor, committed alone",
+        |b| {
+            let mut v = 0;
+            let mut round = 0;
+            b.iter(|| {
+                v = (v + 1) % 1000;
+                round += 1;
+                // New event ids each round: stored, not skipped as duplicates.
+                let mut evs = events(&t, v, 20);
+                for e in &mut evs {
+                    e.event_id = format!("{}-r{round}", e.event_id);
+                }
+                rt.block_on(store.track(id(v), evs, false)).unwrap()
+            })
+        },
+    );
+    group.bench_function(
+        "forget a 20-event visitor (committed, erasure durable)",
+        |b| {
+            let mut v = 1_000_000;
+            b.iter_batched(
+                || {
+                    v += 1;
+                    rt.block_on(store.track(id(v), events(&t, v, 20), false))
+                        .unwrap();
+                    id(v)
+                },
+                |visitor| assert!(rt.block_on(store.forget(visitor)).unwrap()),
+                criterion::BatchSize::PerIteration,
+            )
+        },
+    );
     group.bench_function("one Track of 20 events, committed alone (fsync)", |b| {
         let mut v = 10_000;
         b.iter(|| {

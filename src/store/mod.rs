@@ -314,7 +314,9 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<NewEvent>,
         want_record: bool,
     ) -> Ticket<Tracked>;
-    /// Erases everything about a visitor; whether anything was there.
+    /// Erases everything about a visitor; whether anything was there. Once
+    /// it answers, the erasure is durable (and, in the embedded store, what
+    /// is left of the visitor's data on disk can no longer be read).
     async fn forget(&self, visitor: VisitorId) -> Result<bool, StoreError>;
     /// Erases up to `limit` visitors whose last event is before
     /// `inactive_before`. Safe to run from several places at once.

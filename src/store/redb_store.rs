@@ -458,6 +458,13 @@ fn init(
                         .map_err(unavailable)?
                         .map(|v| v.value().to_string())
                         .unwrap_or_default();
+                    if hex.is_empty() {
+                        // Another secret would find none of the rows.
+                        return Err(StoreError::Incompatible(format!(
+                            "{} has no pseudonym secret; its rows cannot be found",
+                            path.display()
+                        )));
+                    }
                     secret = decode_hex(&hex)?;
                 } else {
                     secret = random_secret(keys.rng()).map_err(unavailable)?.to_vec();
@@ -1340,7 +1347,7 @@ fn purge(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Event;
+    use crate::domain::{Event, VisitorId};
     use crate::scoring::Aggregate;
 
     /// Writes a v1 file by hand: one visitor whose record has no timeline,
@@ -1395,7 +1402,67 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_v1_store_is_upgraded_with_timelines_rebuilt_from_raw_events() {
+    async fn a_v2_store_is_sealed_in_place_and_reads_as_before() {
+        // Arrange: a v2 file written by hand, the visitor id as the row key
+        // and the raw event in the clear.
+        let taxonomy = Arc::new(Taxonomy::builtin());
+        let dir = tempfile::tempdir().unwrap();
+        let view = taxonomy.resolve("view_item").unwrap();
+        let t0 = Millis::from_unix_millis(1_767_225_600_000);
+        let mut record = VisitorRecord::new(&taxonomy, t0);
+        record.aggregate.apply(&taxonomy, &Event::new(view, t0));
+        record.next_seq = 1;
+        let event = StoredEvent {
+            seq: 0,
+            kind: "view_item".into(),
+            at: t0,
+            item_id: "sku-v2".into(),
+            value: 0.0,
+            event_id: "event-v2".into(),
+            attributes: Vec::new(),
+        };
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert("format", FORMAT_V2).unwrap();
+                meta.insert("taxonomy", taxonomy.fingerprint()).unwrap();
+                let mut visitors = txn.open_table(VISITORS).unwrap();
+                let bytes = encode_record(&record).unwrap();
+                visitors.insert("v2-visitor", bytes.as_slice()).unwrap();
+                let mut events = txn.open_table(EVENTS).unwrap();
+                let raw = encode_event(&event).unwrap();
+                events.insert(("v2-visitor", 0), raw.as_slice()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let limits = StoreLimits {
+            recent_events: 200,
+            dedup_window: 128,
+            max_group: 16,
+        };
+
+        // Act
+        let store = RedbStore::open(dir.path(), taxonomy.clone(), limits).unwrap();
+
+        // Assert: read as before, named by scans, and erasable.
+        let visitor = VisitorId::parse("v2-visitor".into(), 64).unwrap();
+        let snapshot = store.snapshot(&visitor).await.unwrap().expect("kept");
+        assert_eq!(snapshot.record, record);
+        assert_eq!(snapshot.recent, vec![event]);
+        let chunk = store
+            .scan(&ScanRange::default(), None, t0, 10)
+            .await
+            .unwrap();
+        let ids: Vec<&str> = chunk.iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["v2-visitor"]);
+        assert!(store.forget(visitor.clone()).await.unwrap());
+        assert_eq!(store.load(&visitor).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_v1_store_is_upgraded_with_timelines_rebuilt_and_raw_events_sealed() {
         let taxonomy = Arc::new(Taxonomy::builtin());
         let dir = tempfile::tempdir().unwrap();
         write_v1(dir.path(), &taxonomy);
@@ -1424,7 +1491,15 @@ mod tests {
             record.timeline.times(view),
             &[Millis::from_unix_millis(1_767_225_600_000)]
         );
-        // Upgraded once: reopening finds v2 and changes nothing.
+        // The kept raw events were sealed on the way, and open again.
+        let snapshot = store
+            .snapshot(&crate::domain::VisitorId::parse("old-visitor".into(), 64).unwrap())
+            .await
+            .unwrap()
+            .expect("kept");
+        let kinds: Vec<&str> = snapshot.recent.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["add_to_cart", "view_item"]);
+        // Upgraded once: reopening finds v3 and changes nothing.
         drop(store);
         let again = RedbStore::open(dir.path(), taxonomy, limits).unwrap();
         assert_eq!(again.segments().await.unwrap(), Vec::new());
