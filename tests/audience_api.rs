@@ -13,13 +13,6 @@ use rung::grpc::proto::{
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// An event `ago` seconds before `now`.
 fn at(kind: &str, now: i64, ago: i64) -> Event {
     Event {

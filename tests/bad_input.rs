@@ -258,10 +258,7 @@ mod catalogue {
     }
 
     fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
+        now_secs()
     }
 
     fn at(secs: i64, nanos: i32) -> Option<prost_types::Timestamp> {

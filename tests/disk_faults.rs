@@ -57,13 +57,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// `n` events with long item and event ids, so a few hundred visitors fill
 /// megabytes.
 fn track(visitor: &str, n: usize) -> TrackRequest {

@@ -60,13 +60,9 @@ fn with_key<T>(msg: T, key: Option<&str>) -> Request<T> {
 
 /// An event a minute ago (Track refuses events past the retention period).
 fn recent(kind: &str, item: &str) -> Event {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     Event {
         r#type: kind.into(),
-        time: Some(ts(now - 60)),
+        time: Some(ts(now_secs() - 60)),
         item_id: item.into(),
         ..Event::default()
     }
@@ -855,76 +851,68 @@ async fn the_documented_batch_maximum_fits_the_default_message_size() {
 
 // ------------------------------------------------------ raw HTTP/2 peers
 
-/// One HTTP/2 request over a raw connection: the status and grpc-status.
+/// Sends `req` over a fresh raw HTTP/2 connection: the answer's status and
+/// grpc-status (from its head, or else its trailers).
+async fn raw_send<B>(addr: SocketAddr, req: http::Request<B>) -> (u16, Option<String>)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::BodyExt;
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let grpc_status = |h: &http::HeaderMap| {
+        h.get("grpc-status")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    let head = grpc_status(resp.headers());
+    let collected = resp.into_body().collect().await.unwrap();
+    (
+        status,
+        head.or_else(|| collected.trailers().and_then(grpc_status)),
+    )
+}
+
+fn raw_request(addr: SocketAddr, path: &str, content_type: &str) -> http::request::Builder {
+    http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", content_type)
+        .header("te", "trailers")
+}
+
+/// One whole request body: the status and grpc-status.
 async fn raw_call(
     addr: SocketAddr,
     path: &str,
     content_type: &str,
     body: Vec<u8>,
 ) -> (u16, Option<String>) {
-    use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
-    let req = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", content_type)
-        .header("te", "trailers")
+    let req = raw_request(addr, path, content_type)
         .body(http_body_util::Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let head = resp
-        .headers()
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_string());
-    let collected = resp.into_body().collect().await.unwrap();
-    let trailer = collected
-        .trailers()
-        .and_then(|t| t.get("grpc-status"))
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, head.or(trailer))
+    raw_send(addr, req).await
 }
 
 /// A client stream that sends nothing and stays open, with `grpc-timeout`:
 /// the status and grpc-status the server ends it with.
 async fn raw_open_stream(addr: SocketAddr, path: &str, timeout: &str) -> (u16, Option<String>) {
-    use http_body_util::BodyExt;
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
     let (_keep_open, rx) = tokio::sync::mpsc::channel::<
         Result<http_body::Frame<bytes::Bytes>, std::convert::Infallible>,
     >(1);
-    let req = http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let req = raw_request(addr, path, "application/grpc")
         .header("grpc-timeout", timeout)
         .body(http_body_util::StreamBody::new(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         ))
         .unwrap();
-    let resp = sender.send_request(req).await.unwrap();
-    let status = resp.status().as_u16();
-    let head = resp
-        .headers()
-        .get("grpc-status")
-        .map(|v| v.to_str().unwrap().to_string());
-    let collected = resp.into_body().collect().await.unwrap();
-    let trailer = collected
-        .trailers()
-        .and_then(|t| t.get("grpc-status"))
-        .map(|v| v.to_str().unwrap().to_string());
-    (status, head.or(trailer))
+    raw_send(addr, req).await
 }
 
 /// A gRPC frame: uncompressed, its length, the bytes.

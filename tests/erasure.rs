@@ -14,13 +14,6 @@ use rung::grpc::proto::{
 };
 use tonic::Code;
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// A string that occurs nowhere by chance.
 fn unique(label: &str) -> String {
     let nanos = std::time::SystemTime::now()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::redis::{unique_prefix, RedisServer};
 use common::*;
@@ -14,13 +14,6 @@ use rung::startup::Application;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
 
 fn track(visitor: &str, n: usize) -> TrackRequest {
     let now = now_secs();
@@ -48,14 +41,27 @@ async fn health(app: &TestApp) -> ServingStatus {
         .status()
 }
 
-/// Polls the health service until it reports `want` (a deadline, not a
-/// timing assertion: the check runs every second).
+/// Watches the health service until it reports `want`: the server sends
+/// each change as it happens (a deadline, not a timing assertion).
 async fn wait_for_health(app: &TestApp, want: ServingStatus) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while health(app).await != want {
-        assert!(Instant::now() < deadline, "health never became {want:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut changes = HealthClient::new(app.channel.clone())
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let reached = async {
+        while let Some(r) = changes.message().await.unwrap() {
+            if r.status() == want {
+                return;
+            }
+        }
+        panic!("the health watch ended before {want:?}");
+    };
+    tokio::time::timeout(Duration::from_secs(30), reached)
+        .await
+        .unwrap_or_else(|_| panic!("health never became {want:?}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,23 +96,15 @@ async fn calls_fail_unavailable_while_redis_is_down_and_heal_when_it_is_back() {
     // Assert: the same replica serves again, without a restart, and what it
     // acknowledged before the outage is there.
     wait_for_health(&app, ServingStatus::Serving).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let profile = loop {
-        match app
-            .client
-            .get_visitor(GetVisitorRequest {
-                visitor_id: "before".into(),
-                max_events: 0,
-            })
-            .await
-        {
-            Ok(p) => break p.into_inner(),
-            Err(s) => {
-                assert!(Instant::now() < deadline, "never healed: {s:?}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    };
+    let profile = app
+        .client
+        .get_visitor(GetVisitorRequest {
+            visitor_id: "before".into(),
+            max_events: 0,
+        })
+        .await
+        .expect("served again once health says so")
+        .into_inner();
     assert_eq!(profile.events, 3);
     let again = app
         .client

@@ -94,13 +94,6 @@ async fn two_replicas_with(settings: Settings) -> (TestApp, TestApp) {
     (a, b)
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 /// An event `ago` seconds before `now`.
 fn at(kind: &str, now: i64, ago: i64) -> Event {
     Event {

@@ -9,13 +9,6 @@ use std::process::Command;
 use common::*;
 use rung::grpc::proto::{Event, TrackRequest};
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
 fn at(kind: &str, now: i64, ago: i64) -> Event {
     Event {
         r#type: kind.into(),

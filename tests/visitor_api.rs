@@ -18,13 +18,9 @@ fn track(visitor: &str, events: Vec<Event>) -> TrackRequest {
 
 /// An event `ago_secs` before now, with an id.
 fn recent(kind: &str, ago_secs: i64, item: &str, id: &str) -> Event {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
     Event {
         r#type: kind.into(),
-        time: Some(ts(now - ago_secs)),
+        time: Some(ts(now_secs() - ago_secs)),
         item_id: item.into(),
         event_id: id.into(),
         ..Event::default()

@@ -61,19 +61,13 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: IntentServiceClient<Channel>,
     pub channel: Channel,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<()>>,
+    server: TestServer,
 }
 
 impl TestApp {
     /// Stops the server and waits for it to finish.
-    pub async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(t) = self.task.take() {
-            t.await.expect("server task");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await
     }
 }
 
@@ -122,7 +116,7 @@ pub async fn spawn_server(settings: Settings) -> TestServer {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    let mut server = spawn_server(settings).await;
+    let server = spawn_server(settings).await;
     let addr = server.addr;
     // The listener is bound before `build` returns, so connecting needs no wait.
     let channel = Channel::from_shared(format!("http://{addr}"))
@@ -134,9 +128,16 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
         addr,
         client: IntentServiceClient::new(channel.clone()),
         channel,
-        stop: server.stop.take(),
-        task: server.task.take(),
+        server,
     }
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 pub fn ts(secs: i64) -> prost_types::Timestamp {
