@@ -119,6 +119,11 @@ impl Principal {
         &self.name
     }
 
+    /// The same name, shared (an `Arc` clone, no copy).
+    pub fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     pub fn has(&self, role: Role) -> bool {
         self.roles.allows(role)
     }

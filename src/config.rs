@@ -408,7 +408,7 @@ impl Settings {
                 "needs tls.cert and tls.key (mutual TLS is TLS first)".into(),
             );
         }
-        if !self.metrics_listen.is_empty() && self.metrics_listen.parse::<SocketAddr>().is_err() {
+        if !self.metrics_listen.is_empty() && self.metrics_addr().is_none() {
             return invalid(
                 "metrics_listen",
                 format!(
@@ -451,6 +451,12 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Where `GET /metrics` answers; `None` when off (or, before
+    /// validation, not an address).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listen.parse().ok()
     }
 
     /// The folder models may be loaded from.

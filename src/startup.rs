@@ -316,18 +316,10 @@ impl Application {
             .await
             .map_err(bind_err(settings.listen))?;
         let local_addr = listener.local_addr().map_err(bind_err(settings.listen))?;
-        let metrics_listener = match settings.metrics_listen.as_str() {
-            "" => None,
-            text => {
-                // Checked by validate.
-                let addr: SocketAddr = text.parse().map_err(|_| {
-                    StartupError::Settings(crate::config::ConfigError::Invalid {
-                        key: "metrics_listen",
-                        reason: format!("{text:?} is not an address"),
-                    })
-                })?;
-                Some(TcpListener::bind(addr).await.map_err(bind_err(addr))?)
-            }
+        // Checked by validate: empty (off) or an address.
+        let metrics_listener = match settings.metrics_addr() {
+            None => None,
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(bind_err(addr))?),
         };
         if settings.auth.keys.is_empty() {
             tracing::warn!(

@@ -90,10 +90,6 @@ impl ConnLimit {
         })
     }
 
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
-    }
-
     /// Wraps an accepted socket, or `None` (and the socket is closed) when
     /// `max` connections are open.
     pub fn admit(self: &Arc<Self>, tcp: TcpStream) -> Option<Conn> {

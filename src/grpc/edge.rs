@@ -147,11 +147,6 @@ pub fn rpc_at(path: &str) -> &'static Rpc {
     }
 }
 
-/// The RPCs a role may call (for documentation and tests).
-pub fn rpcs() -> impl Iterator<Item = &'static Rpc> {
-    RPCS.iter().map(|(_, r)| r)
-}
-
 /// The gRPC code's canonical name, as the `code` label.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -304,7 +299,8 @@ where
                 },
             },
         };
-        let key: Arc<str> = Arc::from(principal.as_ref().map_or("-", |p| p.name()));
+        // The principal's own name, shared: no allocation per call.
+        let key: Option<Arc<str>> = principal.as_ref().map(Principal::shared_name);
         let permit = match rpc.role {
             None => None,
             Some(_) => match edge.calls.clone().try_acquire_owned() {
@@ -319,7 +315,7 @@ where
                             "the server is running {} calls, its limit (limits.max_concurrent_calls); retry with backoff",
                             edge.max_calls
                         )),
-                        &key,
+                        key_name(&key),
                         None,
                     );
                 }
@@ -340,7 +336,7 @@ where
         if let Some(p) = principal {
             req.extensions_mut().insert(p);
         }
-        let span = tracing::info_span!("grpc", method = rpc.name, key = %key);
+        let span = tracing::info_span!("grpc", method = rpc.name, key = key_name(&key));
         Box::pin(
             async move {
                 let call = inner.call(req);
@@ -351,7 +347,7 @@ where
                         Err(_) => {
                             drop(permit);
                             let s = Status::deadline_exceeded("the call's deadline passed");
-                            finish(&edge, rpc, &key, s.code(), start);
+                            finish(&edge, rpc, key_name(&key), s.code(), start);
                             return Ok(s.into_http::<Body>().map(EdgeBody::done));
                         }
                     },
@@ -360,7 +356,7 @@ where
                 // in the head, and the call is over.
                 if let Some(code) = grpc_status(response.headers()) {
                     drop(permit);
-                    finish(&edge, rpc, &key, code, start);
+                    finish(&edge, rpc, key_name(&key), code, start);
                     return Ok(response.map(EdgeBody::done));
                 }
                 let tracker = Tracker {
@@ -430,16 +426,28 @@ fn finish(edge: &Edge, rpc: &Rpc, key: &str, code: Code, start: Instant) {
         .get_or_create(&MethodLabels { method: rpc.name })
         .observe(elapsed.as_secs_f64());
     let micros = elapsed.as_micros() as u64;
-    let code = code_name(code);
+    let name = code_name(code);
     match code {
-        "INTERNAL" | "UNKNOWN" | "DATA_LOSS" | "UNAVAILABLE" => {
-            tracing::error!(method = rpc.name, key, code, micros, "call failed")
+        Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable => {
+            tracing::error!(method = rpc.name, key, code = name, micros, "call failed")
         }
-        "DEADLINE_EXCEEDED" => {
-            tracing::warn!(method = rpc.name, key, code, micros, "call ran out of time")
+        Code::DeadlineExceeded => {
+            tracing::warn!(
+                method = rpc.name,
+                key,
+                code = name,
+                micros,
+                "call ran out of time"
+            )
         }
-        _ => tracing::debug!(method = rpc.name, key, code, micros, "call"),
+        _ => tracing::debug!(method = rpc.name, key, code = name, micros, "call"),
     }
+}
+
+/// The name a call's log line and span carry: the key's, or `-` for an
+/// open call.
+fn key_name(key: &Option<Arc<str>>) -> &str {
+    key.as_deref().unwrap_or("-")
 }
 
 /// A call whose response is still streaming: counted when its trailers
@@ -447,7 +455,7 @@ fn finish(edge: &Edge, rpc: &Rpc, key: &str, code: Code, start: Instant) {
 struct Tracker {
     edge: Arc<Edge>,
     rpc: &'static Rpc,
-    key: Arc<str>,
+    key: Option<Arc<str>>,
     start: Instant,
     /// Held until the call ends: long streams count as running calls.
     _permit: Option<OwnedSemaphorePermit>,
@@ -482,7 +490,7 @@ impl EdgeBody {
 
     fn end(&mut self, code: Code) {
         if let Some(t) = self.tracker.take() {
-            finish(&t.edge, t.rpc, &t.key, code, t.start);
+            finish(&t.edge, t.rpc, key_name(&t.key), code, t.start);
         }
     }
 }
