@@ -1,6 +1,6 @@
 //! The production edge against a real server and real clients: API keys
 //! and roles per RPC, TLS and mutual TLS, shedding beyond the concurrency
-//! limit, idle and surplus connections, deadlines, the content type,
+//! limit, streams per connection, idle and surplus connections, deadlines, the content type,
 //! undecodable requests, and what `/metrics` counts.
 
 mod common;
@@ -763,6 +763,150 @@ async fn connections_beyond_the_limit_are_closed_on_arrival() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(ok);
+    server.stop().await;
+}
+
+/// One HTTP/2 frame read from a raw connection: type, flags, stream, payload.
+struct RawFrame {
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+async fn read_frame(tcp: &mut tokio::net::TcpStream) -> RawFrame {
+    let mut head = [0u8; 9];
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_exact(&mut head))
+        .await
+        .expect("the server answers")
+        .expect("the connection stays open");
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0u8; len];
+    tcp.read_exact(&mut payload).await.unwrap();
+    RawFrame {
+        kind: head[3],
+        flags: head[4],
+        stream: u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff,
+        payload,
+    }
+}
+
+fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+/// HEADERS opening a TrackStream call on `stream`, its body left open.
+/// The header block is HPACK without Huffman coding or indexing.
+fn open_track_stream(stream: u32) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    let mut literal = |name_index: &[u8], value: &str| {
+        block.extend_from_slice(name_index);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    };
+    literal(&[0x04], "/rung.v1.IntentService/TrackStream");
+    literal(&[0x01], "localhost");
+    literal(&[0x0f, 0x10], "application/grpc"); // content-type is index 31
+    literal(&[0x00, 0x02, b't', b'e'], "trailers");
+    raw_frame(0x1, 0x4, stream, &block) // END_HEADERS, not END_STREAM
+}
+
+/// Reads frames until the answer to a PING carrying `mark`: every stream
+/// the server reset on the way, with the reason code.
+async fn resets_until_pong(tcp: &mut tokio::net::TcpStream, mark: u8) -> HashMap<u32, u32> {
+    tcp.write_all(&raw_frame(0x6, 0, 0, &[mark; 8]))
+        .await
+        .unwrap();
+    let mut resets = HashMap::new();
+    loop {
+        let f = read_frame(tcp).await;
+        match f.kind {
+            0x3 => {
+                let code = u32::from_be_bytes(f.payload[..4].try_into().unwrap());
+                resets.insert(f.stream, code);
+            }
+            0x6 if f.flags & 0x1 == 1 && f.payload == [mark; 8] => return resets,
+            0x7 => panic!("the server went away: {:?}", f.payload),
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn streams_beyond_the_per_connection_limit_are_refused_and_room_comes_back() {
+    const LIMIT: u32 = 3;
+    const REFUSED_STREAM: u32 = 0x7;
+    let mut s = test_settings();
+    s.limits.max_streams_per_connection = LIMIT;
+    let server = spawn_server(s).await;
+
+    // Arrange: a raw HTTP/2 client that does not hold itself to the
+    // server's limit (a well-behaved one would wait for room).
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    tcp.write_all(&raw_frame(0x4, 0, 0, &[])).await.unwrap();
+    let settings = loop {
+        let f = read_frame(&mut tcp).await;
+        if f.kind == 0x4 && f.flags & 0x1 == 0 {
+            break f.payload;
+        }
+    };
+    let advertised: HashMap<u16, u32> = settings
+        .chunks(6)
+        .map(|c| {
+            (
+                u16::from_be_bytes([c[0], c[1]]),
+                u32::from_be_bytes([c[2], c[3], c[4], c[5]]),
+            )
+        })
+        .collect();
+    assert_eq!(
+        advertised.get(&0x3),
+        Some(&LIMIT),
+        "SETTINGS_MAX_CONCURRENT_STREAMS"
+    );
+    tcp.write_all(&raw_frame(0x4, 0x1, 0, &[])).await.unwrap(); // ACK
+
+    // Act: twice the limit of calls opened and left open.
+    let ids: Vec<u32> = (0..2 * LIMIT).map(|i| 1 + 2 * i).collect();
+    for &id in &ids {
+        tcp.write_all(&open_track_stream(id)).await.unwrap();
+    }
+    let resets = resets_until_pong(&mut tcp, 1).await;
+
+    // Assert: the first LIMIT run; every one after is refused.
+    for (n, id) in ids.iter().enumerate() {
+        if n < LIMIT as usize {
+            assert_eq!(resets.get(id), None, "stream {id} was admitted");
+        } else {
+            assert_eq!(resets.get(id), Some(&REFUSED_STREAM), "stream {id}");
+        }
+    }
+
+    // Act: the first call ends (an empty body), then one more opens.
+    tcp.write_all(&raw_frame(0x0, 0x1, ids[0], &[]))
+        .await
+        .unwrap();
+    loop {
+        let f = read_frame(&mut tcp).await;
+        if f.stream == ids[0] && f.flags & 0x1 == 1 {
+            break; // its trailers: the call is over on both sides
+        }
+        assert_ne!(f.kind, 0x3, "the ended stream was not reset");
+    }
+    let next = ids.last().unwrap() + 2;
+    tcp.write_all(&open_track_stream(next)).await.unwrap();
+
+    // Assert: room came back for it.
+    let resets = resets_until_pong(&mut tcp, 2).await;
+    assert_eq!(resets.get(&next), None, "stream {next} was admitted");
+    drop(tcp);
     server.stop().await;
 }
 
