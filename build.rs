@@ -27,5 +27,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Undecodable requests are INVALID_ARGUMENT, not prost's INTERNAL.
         .codec_path("crate::grpc::codec::ProtoCodec")
         .compile_fds(fds)?;
+
+    // The server's zero-copy request messages: strings as `Bytes` slices of
+    // the received buffer.
+    println!("cargo:rerun-if-changed=src/grpc/wire.proto");
+    let wire = protox::compile(["wire.proto"], ["src/grpc", "proto"])?;
+    let wire_out = out.join("wire");
+    fs::create_dir_all(&wire_out)?;
+    // For the test that checks it still mirrors intent.proto.
+    fs::write(
+        wire_out.join("descriptor.bin"),
+        prost::Message::encode_to_vec(&wire),
+    )?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .bytes(".rung.v1.wire")
+        .out_dir(&wire_out)
+        .compile_fds(wire)?;
+
+    // IntentService's server reads those messages; everything else is the
+    // public API's own types.
+    let intent = protox::compile(["rung/v1/intent.proto"], ["proto"])?;
+    let server_out = out.join("intent_server");
+    fs::create_dir_all(&server_out)?;
+    let mut server = tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(true)
+        .codec_path("crate::grpc::codec::ProtoCodec")
+        .extern_path(".rung.v1", "crate::grpc::proto");
+    for message in ["ScoreRequest", "ScoreBatchRequest", "TrackRequest"] {
+        server = server.extern_path(
+            format!(".rung.v1.{message}"),
+            format!("crate::grpc::wire::{message}"),
+        );
+    }
+    server.out_dir(&server_out).compile_fds(intent)?;
     Ok(())
 }

@@ -17,8 +17,8 @@ use crate::domain::{Millis, Taxonomy};
 use crate::engine::audience::ResumeToken;
 use crate::grpc::audience_api::{as_of, segment_name};
 use crate::grpc::convert::{self, ParseContext};
-use crate::grpc::proto;
 use crate::grpc::status::FieldError;
+use crate::grpc::{proto, wire};
 use crate::scoring::timeline;
 use crate::training::eventlog::{self, Preset};
 
@@ -71,25 +71,26 @@ pub fn request(data: &[u8]) {
         return;
     };
     let cx = parse_context(&defaults().limits, selector & 0x80 != 0);
-    // A body that does not decode never reaches a handler: tonic answers
-    // INTERNAL before the call.
+    // A body that does not decode never reaches a handler: the codec
+    // answers INVALID_ARGUMENT before the call. The Score and Track
+    // requests decode as the server reads them (grpc::wire).
     fn decode<M: Message + Default>(body: &[u8]) -> Option<M> {
         M::decode(body).ok()
     }
     let outcome: Result<(), FieldError> = match (selector & 0x7f) % MESSAGES {
-        0 => decode::<proto::ScoreRequest>(body).map_or(Ok(()), |r| {
-            convert::score_query(r, &cx).map(|q| {
+        0 => decode::<wire::ScoreRequest>(body).map_or(Ok(()), |r| {
+            convert::score_query(&r, &cx).map(|q| {
                 assert!(q.events.len() <= cx.limits.max_events_per_request);
             })
         }),
-        1 => decode::<proto::ScoreBatchRequest>(body).map_or(Ok(()), |r| {
-            convert::score_batch(r, &cx).map(|qs| {
+        1 => decode::<wire::ScoreBatchRequest>(body).map_or(Ok(()), |r| {
+            convert::score_batch(&r, &cx).map(|qs| {
                 assert!(qs.len() <= cx.limits.max_visitors_per_batch);
             })
         }),
         // Track and each TrackStream message.
-        2 => decode::<proto::TrackRequest>(body).map_or(Ok(()), |r| {
-            convert::track_query(r, &cx).map(|q| {
+        2 => decode::<wire::TrackRequest>(body).map_or(Ok(()), |r| {
+            convert::track_query(&r, &cx).map(|q| {
                 assert!(q.events.iter().all(|e| e.event.at >= cx.oldest_storable));
             })
         }),

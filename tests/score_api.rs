@@ -303,3 +303,74 @@ async fn unknown_types_are_skipped_and_counted_when_configured() {
     assert_eq!(r.rung, "view_item");
     app.stop().await;
 }
+
+/// The server reads request strings as bytes (no copy) and checks UTF-8
+/// itself: bytes a client sent that are not UTF-8 are INVALID_ARGUMENT
+/// naming the field, as when the public messages' decoder refused them.
+#[tokio::test]
+async fn strings_that_are_not_utf8_are_refused_naming_the_field() {
+    use prost::Message;
+    use rung::grpc::client::BearerKey;
+    use rung::grpc::wire;
+    use rung::load::raw::RawClient;
+
+    let app = spawn_app().await;
+    let mut raw = RawClient::new(BearerKey::new(None).unwrap().on(app.channel.clone()));
+    let event = |item: &'static [u8]| wire::Event {
+        r#type: bytes::Bytes::from_static(b"view_item"),
+        time: Some(ts(now_secs() - 60)),
+        item_id: bytes::Bytes::from_static(item),
+        ..Default::default()
+    };
+    let cases: Vec<(&'static str, Vec<u8>, &str)> = vec![
+        (
+            "/rung.v1.IntentService/Score",
+            wire::ScoreRequest {
+                visitor_id: bytes::Bytes::from_static(b"v\xff"),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            "visitor_id",
+        ),
+        (
+            "/rung.v1.IntentService/Score",
+            wire::ScoreRequest {
+                visitor_id: bytes::Bytes::from_static(b"v"),
+                events: vec![event(b"sku-1"), event(b"sku\xc3")],
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            "events[1].item_id",
+        ),
+        (
+            "/rung.v1.IntentService/Track",
+            wire::TrackRequest {
+                visitor_id: bytes::Bytes::from_static(b"v"),
+                events: vec![event(b"\xfe")],
+            }
+            .encode_to_vec(),
+            "events[0].item_id",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let status = raw.unary(path, body.into()).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status
+                .message()
+                .starts_with(&format!("{field}: is not valid UTF-8")),
+            "{status:?}"
+        );
+    }
+    // Nothing was stored by the refused Track.
+    let mut client = app.client.clone();
+    let missing = client
+        .get_visitor(rung::grpc::proto::GetVisitorRequest {
+            visitor_id: "v".into(),
+            max_events: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound);
+    app.stop().await;
+}

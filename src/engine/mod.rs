@@ -25,7 +25,7 @@ use crate::store::{ModelNote, Store, StoreError, VisitorRecord};
 pub use ingest::{Ingest, IngestSummary, Rejection};
 
 /// A validated request to score one visitor.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScoreQuery {
     pub visitor: VisitorId,
     /// Inline events, any order; scored with the stored ones, not stored.
@@ -40,7 +40,7 @@ pub struct ScoreQuery {
 }
 
 /// A validated request to store events.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TrackQuery {
     pub visitor: VisitorId,
     pub events: Vec<NewEvent>,

@@ -11,8 +11,8 @@ use crate::engine::{Profile, Reason, Score, ScoreQuery, TrackQuery};
 use crate::scoring::model::Figures;
 use crate::scoring::Band;
 
-use super::proto;
 use super::status::FieldError;
+use super::{proto, wire};
 
 /// What parsing a request needs to know besides the request.
 pub struct ParseContext<'a> {
@@ -32,6 +32,21 @@ pub fn visitor_id(raw: String, cx: &ParseContext) -> Result<VisitorId, FieldErro
         .map_err(|e| FieldError::new("visitor_id", e))
 }
 
+/// A `string` field as the server's messages carry it ([`wire`]): bytes,
+/// UTF-8 checked here, as a decoder of the public messages would.
+fn text<'a>(field: &str, raw: &'a [u8]) -> Result<&'a str, FieldError> {
+    std::str::from_utf8(raw).map_err(|e| {
+        FieldError::new(
+            field,
+            format!("is not valid UTF-8 (at byte {})", e.valid_up_to()),
+        )
+    })
+}
+
+fn wire_visitor_id(raw: &[u8], cx: &ParseContext) -> Result<VisitorId, FieldError> {
+    visitor_id(text("visitor_id", raw)?.to_owned(), cx)
+}
+
 /// Which use the events are parsed for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Purpose {
@@ -44,7 +59,7 @@ enum Purpose {
 /// Parses a request's events; unknown types skipped (when so configured)
 /// are counted in the second value.
 fn events(
-    raw: Vec<proto::Event>,
+    raw: &[wire::Event],
     cx: &ParseContext,
     purpose: Purpose,
 ) -> Result<(Vec<NewEvent>, u32), FieldError> {
@@ -63,7 +78,7 @@ fn events(
         .saturating_add_millis((cx.limits.max_future_skew_secs as i64).saturating_mul(1000));
     let mut out = Vec::with_capacity(raw.len());
     let mut ignored_unknown_type = 0u32;
-    for (i, e) in raw.into_iter().enumerate() {
+    for (i, e) in raw.iter().enumerate() {
         match event(e, cx, latest_allowed, purpose) {
             Ok(Some(ev)) => out.push(ev),
             Ok(None) => ignored_unknown_type += 1,
@@ -73,8 +88,8 @@ fn events(
     Ok((out, ignored_unknown_type))
 }
 
-pub fn track_query(req: proto::TrackRequest, cx: &ParseContext) -> Result<TrackQuery, FieldError> {
-    let visitor = visitor_id(req.visitor_id, cx)?;
+pub fn track_query(req: &wire::TrackRequest, cx: &ParseContext) -> Result<TrackQuery, FieldError> {
+    let visitor = wire_visitor_id(&req.visitor_id, cx)?;
     // A Track stores events; one with none would create an empty visitor.
     if req.events.is_empty() {
         return Err(FieldError::new(
@@ -82,7 +97,7 @@ pub fn track_query(req: proto::TrackRequest, cx: &ParseContext) -> Result<TrackQ
             "must not be empty: a Track stores at least one event",
         ));
     }
-    let (events, ignored_unknown_type) = events(req.events, cx, Purpose::Store)?;
+    let (events, ignored_unknown_type) = events(&req.events, cx, Purpose::Store)?;
     Ok(TrackQuery {
         visitor,
         events,
@@ -99,8 +114,8 @@ pub fn to_timestamp(m: Millis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQuery, FieldError> {
-    let visitor = visitor_id(req.visitor_id, cx)?;
+pub fn score_query(req: &wire::ScoreRequest, cx: &ParseContext) -> Result<ScoreQuery, FieldError> {
+    let visitor = wire_visitor_id(&req.visitor_id, cx)?;
     let as_of = match &req.as_of {
         Some(t) => Some(timestamp(t).map_err(|e| FieldError::new("as_of", e))?),
         None => None,
@@ -115,7 +130,7 @@ pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQ
             ))
         }
     };
-    let (events, ignored_unknown_type) = events(req.events, cx, Purpose::Score)?;
+    let (events, ignored_unknown_type) = events(&req.events, cx, Purpose::Score)?;
     Ok(ScoreQuery {
         visitor,
         events: events.into_iter().map(|e| e.event).collect(),
@@ -126,37 +141,111 @@ pub fn score_query(req: proto::ScoreRequest, cx: &ParseContext) -> Result<ScoreQ
     })
 }
 
+/// An event's attributes as a map would hold them: the last entry of each
+/// key, sorted by key. Only built when they are kept or one is too long.
+fn attribute_map(raw: &[wire::Attribute]) -> Result<Vec<(&str, &str)>, FieldError> {
+    let mut map = Vec::with_capacity(raw.len());
+    for a in raw.iter().rev() {
+        map.push((text("attributes", &a.key)?, text("attributes", &a.value)?));
+    }
+    // Stable: of one key's entries the last sent comes first, and stays.
+    map.sort_by(|a, b| a.0.cmp(b.0));
+    map.dedup_by(|later, kept| later.0 == kept.0);
+    Ok(map)
+}
+
+/// Checks an event's attributes as the public `map<string, string>` means
+/// them (the last entry of a key wins) without building a map unless they
+/// are kept: the kept pairs, sorted by key, for [`Purpose::Store`].
+fn attributes(
+    raw: &[wire::Attribute],
+    cx: &ParseContext,
+    purpose: Purpose,
+) -> Result<Vec<(String, String)>, FieldError> {
+    let l = cx.limits;
+    let mut too_long = false;
+    for a in raw {
+        text("attributes", &a.key)?;
+        text("attributes", &a.value)?;
+        too_long |= a.key.len() + a.value.len() > l.max_attribute_bytes;
+    }
+    // Fewer entries than the limit means fewer keys too: no map needed.
+    let map = if raw.len() > l.max_attributes || too_long || purpose == Purpose::Store {
+        attribute_map(raw)?
+    } else {
+        Vec::new()
+    };
+    if map.len() > l.max_attributes {
+        return Err(FieldError::new(
+            "attributes",
+            format!(
+                "has {} entries; the maximum is {}",
+                map.len(),
+                l.max_attributes
+            ),
+        ));
+    }
+    if let Some((k, v)) = map
+        .iter()
+        .find(|(k, v)| k.len() + v.len() > l.max_attribute_bytes)
+    {
+        return Err(FieldError::new(
+            format!("attributes[{k:?}]"),
+            format!(
+                "key and value are {} bytes; the maximum is {}",
+                k.len() + v.len(),
+                l.max_attribute_bytes
+            ),
+        ));
+    }
+    Ok(match purpose {
+        Purpose::Score => Vec::new(),
+        Purpose::Store => map
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect(),
+    })
+}
+
 /// `Ok(None)`: an unknown type the server is configured to skip.
 fn event(
-    e: proto::Event,
+    e: &wire::Event,
     cx: &ParseContext,
     latest_allowed: Millis,
     purpose: Purpose,
 ) -> Result<Option<NewEvent>, FieldError> {
     let l = cx.limits;
-    if e.r#type.is_empty() {
+    // Every string is checked, even of an event skipped below: what the
+    // server accepts does not depend on which fields it reads.
+    let type_name = text("type", &e.r#type)?;
+    let item_id = text("item_id", &e.item_id)?;
+    let event_id = text("event_id", &e.event_id)?;
+    if type_name.is_empty() {
         return Err(FieldError::new("type", "must not be empty"));
     }
-    if e.r#type.len() > l.max_type_bytes {
+    if type_name.len() > l.max_type_bytes {
         return Err(FieldError::new(
             "type",
             format!(
                 "is {} bytes long; the maximum is {}",
-                e.r#type.len(),
+                type_name.len(),
                 l.max_type_bytes
             ),
         ));
     }
-    let kind = match cx.taxonomy.resolve(&e.r#type) {
+    let kind = match cx.taxonomy.resolve(type_name) {
         Some(k) => k,
-        None if cx.ignore_unknown_types => return Ok(None),
+        None if cx.ignore_unknown_types => {
+            for a in &e.attributes {
+                text("attributes", &a.key)?;
+                text("attributes", &a.value)?;
+            }
+            return Ok(None);
+        }
         None => {
             return Err(FieldError::new(
                 "type",
-                format!(
-                    "unknown event type {:?} (not a taxonomy type or alias)",
-                    e.r#type
-                ),
+                format!("unknown event type {type_name:?} (not a taxonomy type or alias)"),
             ))
         }
     };
@@ -192,8 +281,8 @@ fn event(
         ));
     }
     for (field, len, max) in [
-        ("item_id", e.item_id.len(), l.max_item_id_bytes),
-        ("event_id", e.event_id.len(), l.max_event_id_bytes),
+        ("item_id", item_id.len(), l.max_item_id_bytes),
+        ("event_id", event_id.len(), l.max_event_id_bytes),
     ] {
         if len > max {
             return Err(FieldError::new(
@@ -202,59 +291,32 @@ fn event(
             ));
         }
     }
-    if e.attributes.len() > l.max_attributes {
-        return Err(FieldError::new(
-            "attributes",
-            format!(
-                "has {} entries; the maximum is {}",
-                e.attributes.len(),
-                l.max_attributes
-            ),
-        ));
-    }
-    if let Some((k, v)) = e
-        .attributes
-        .iter()
-        .find(|(k, v)| k.len() + v.len() > l.max_attribute_bytes)
-    {
-        return Err(FieldError::new(
-            format!("attributes[{k:?}]"),
-            format!(
-                "key and value are {} bytes; the maximum is {}",
-                k.len() + v.len(),
-                l.max_attribute_bytes
-            ),
-        ));
-    }
+    let attributes = attributes(&e.attributes, cx, purpose)?;
     let event = Event {
         kind,
         at,
-        item: ItemKey::of(&e.item_id),
+        item: ItemKey::of(item_id),
         value: e.value,
-        id: (!e.event_id.is_empty()).then(|| stable_hash(&e.event_id)),
+        id: (!event_id.is_empty()).then(|| stable_hash(event_id)),
     };
     Ok(Some(match purpose {
         Purpose::Score => NewEvent {
             event,
             event_id: String::new(),
             item_id: String::new(),
-            attributes: Vec::new(),
+            attributes,
         },
-        Purpose::Store => {
-            let mut attributes: Vec<(String, String)> = e.attributes.into_iter().collect();
-            attributes.sort();
-            NewEvent {
-                event,
-                event_id: e.event_id,
-                item_id: e.item_id,
-                attributes,
-            }
-        }
+        Purpose::Store => NewEvent {
+            event,
+            event_id: event_id.to_owned(),
+            item_id: item_id.to_owned(),
+            attributes,
+        },
     }))
 }
 
 pub fn score_batch(
-    req: proto::ScoreBatchRequest,
+    req: &wire::ScoreBatchRequest,
     cx: &ParseContext,
 ) -> Result<Vec<ScoreQuery>, FieldError> {
     if req.visitors.len() > cx.limits.max_visitors_per_batch {
@@ -268,7 +330,7 @@ pub fn score_batch(
         ));
     }
     req.visitors
-        .into_iter()
+        .iter()
         .enumerate()
         .map(|(i, v)| score_query(v, cx).map_err(|e| e.within(&format!("visitors[{i}]"))))
         .collect()

@@ -8,12 +8,12 @@ use crate::domain::Millis;
 use crate::engine::{Engine, IngestSummary};
 
 use super::convert::{self, ParseContext};
-use super::proto::intent_service_server::IntentService;
+use super::intent_server::intent_service_server::IntentService;
 use super::proto::{
     ForgetVisitorRequest, ForgetVisitorResponse, GetVisitorRequest, GetVisitorResponse, Rejection,
-    ScoreBatchRequest, ScoreBatchResponse, ScoreRequest, ScoreResponse, TrackRequest,
-    TrackResponse, TrackSummary,
+    ScoreBatchResponse, ScoreResponse, TrackResponse, TrackSummary,
 };
+use super::wire::{ScoreBatchRequest, ScoreRequest, TrackRequest};
 
 pub struct IntentApi {
     engine: Arc<Engine>,
@@ -62,7 +62,7 @@ impl IntentService for IntentApi {
         request: Request<ScoreRequest>,
     ) -> Result<Response<ScoreResponse>, Status> {
         let now = Millis::now();
-        let query = convert::score_query(request.into_inner(), &self.context(now))?;
+        let query = convert::score_query(request.get_ref(), &self.context(now))?;
         let score = self.engine.score(query, now).await?;
         Ok(Response::new(convert::score_response(score)))
     }
@@ -72,7 +72,7 @@ impl IntentService for IntentApi {
         request: Request<ScoreBatchRequest>,
     ) -> Result<Response<ScoreBatchResponse>, Status> {
         let now = Millis::now();
-        let queries = convert::score_batch(request.into_inner(), &self.context(now))?;
+        let queries = convert::score_batch(request.get_ref(), &self.context(now))?;
         let results = self
             .engine
             .score_batch(queries, now)
@@ -88,7 +88,7 @@ impl IntentService for IntentApi {
         request: Request<TrackRequest>,
     ) -> Result<Response<TrackResponse>, Status> {
         let now = Millis::now();
-        let query = convert::track_query(request.into_inner(), &self.context(now))?;
+        let query = convert::track_query(request.get_ref(), &self.context(now))?;
         let tracked = self.engine.track(query, now).await?;
         Ok(Response::new(TrackResponse {
             accepted: tracked.accepted,
@@ -104,10 +104,11 @@ impl IntentService for IntentApi {
         let mut stream = request.into_inner();
         let mut ingest = self.engine.ingest();
         while let Some(message) = stream.message().await? {
-            let visitor_id = message.visitor_id.clone();
             let events = message.events.len();
-            let parsed = convert::track_query(message, &self.context(Millis::now()))
+            let parsed = convert::track_query(&message, &self.context(Millis::now()))
                 .map_err(|e| e.to_string());
+            // Named in a rejection as sent, even when it is not UTF-8.
+            let visitor_id = String::from_utf8_lossy(&message.visitor_id).into_owned();
             ingest.push(visitor_id, events, parsed).await;
         }
         // The summary goes out only once every accepted write is durable.
