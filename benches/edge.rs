@@ -2,7 +2,8 @@
 //! bare, behind the edge with no keys (anonymous on loopback), and behind
 //! the edge checking a bearer key among five — for Score's path and for
 //! Health's (open, never shed). The difference to the bare call is the
-//! cost of auth, shedding, the deadline and the metrics together.
+//! cost of auth, shedding, the deadline, the metrics and the call's span
+//! and log line (under the server's own subscriber) together.
 //! Run: cargo bench --bench edge
 
 use std::convert::Infallible;
@@ -12,8 +13,10 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use tower::{Layer, Service, ServiceExt};
+use tracing_subscriber::EnvFilter;
 
 use rung::auth::{sha256_hex, KeyEntry, Keyring, Role};
+use rung::config::LogFormat;
 use rung::grpc::edge::{Edge, EdgeLayer};
 use rung::metrics::Metrics;
 
@@ -59,6 +62,14 @@ fn edge(keys: &[KeyEntry]) -> EdgeLayer {
 }
 
 fn layers(c: &mut Criterion) {
+    // The served default: JSON lines at info, here into a sink, so each
+    // call pays for its span and its (filtered) log line as served.
+    tracing::subscriber::set_global_default(rung::telemetry::subscriber(
+        LogFormat::Json,
+        EnvFilter::new("info"),
+        std::io::sink,
+    ))
+    .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

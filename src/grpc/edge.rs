@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,8 @@ use tracing::Instrument;
 
 use crate::auth::{AuthError, Keyring, Principal, Role};
 use crate::metrics::{CallLabels, MethodLabels, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// What the edge knows of one RPC.
 #[derive(Debug)]
@@ -45,7 +47,7 @@ const fn rpc(name: &'static str, role: Role, unary: bool) -> Rpc {
 
 /// Every RPC by its path. Admin is needed for anything that erases or
 /// changes shared state.
-const RPCS: &[(&str, Rpc)] = &[
+static RPCS: [(&str, Rpc); 15] = [
     (
         "/rung.v1.IntentService/Score",
         rpc("Score", Role::Score, true),
@@ -123,28 +125,37 @@ const OPEN_PREFIXES: &[(&str, &str)] = &[
 /// Any other path: still needs a key (tonic answers UNIMPLEMENTED).
 static UNKNOWN: Rpc = rpc("unknown", Role::Admin, true);
 
-/// The RPC at `path`.
-pub fn rpc_at(path: &str) -> &'static Rpc {
-    static OPEN: [Rpc; 2] = [
-        Rpc {
-            name: "Health",
-            role: None,
-            unary: false,
-        },
-        Rpc {
-            name: "ServerReflectionInfo",
-            role: None,
-            unary: false,
-        },
-    ];
-    if let Some((_, r)) = RPCS.iter().find(|(p, _)| *p == path) {
-        return r;
+static OPEN: [Rpc; 2] = [
+    Rpc {
+        name: "Health",
+        role: None,
+        unary: false,
+    },
+    Rpc {
+        name: "ServerReflectionInfo",
+        role: None,
+        unary: false,
+    },
+];
+
+/// How many RPCs the edge tells apart: the table, the open ones, unknown.
+const SLOTS: usize = RPCS.len() + OPEN.len() + 1;
+
+/// The RPC at `path`, and its slot (below [`SLOTS`]) for per-RPC state.
+fn lookup(path: &str) -> (usize, &'static Rpc) {
+    if let Some(i) = RPCS.iter().position(|(p, _)| *p == path) {
+        return (i, &RPCS[i].1);
     }
     match OPEN_PREFIXES.iter().find(|(p, _)| path.starts_with(p)) {
-        Some((_, "Health")) => &OPEN[0],
-        Some(_) => &OPEN[1],
-        None => &UNKNOWN,
+        Some((_, "Health")) => (RPCS.len(), &OPEN[0]),
+        Some(_) => (RPCS.len() + 1, &OPEN[1]),
+        None => (SLOTS - 1, &UNKNOWN),
     }
+}
+
+/// The RPC at `path`.
+pub fn rpc_at(path: &str) -> &'static Rpc {
+    lookup(path).1
 }
 
 /// The gRPC code's canonical name, as the `code` label.
@@ -177,6 +188,18 @@ pub struct Edge {
     max_calls: usize,
     default_deadline: Duration,
     metrics: Arc<Metrics>,
+    /// Per RPC slot: its metric series, kept once first used.
+    series: Box<[Series]>,
+}
+
+/// One RPC's metric series, taken from their families on first use and
+/// kept: counting a call then needs no label hashing and no lock.
+#[derive(Default)]
+struct Series {
+    duration: OnceLock<Histogram>,
+    shed: OnceLock<Counter>,
+    /// By gRPC code (0 to 16).
+    codes: [OnceLock<Counter>; 17],
 }
 
 impl Edge {
@@ -192,6 +215,7 @@ impl Edge {
             max_calls: max_concurrent_calls,
             default_deadline,
             metrics,
+            series: (0..SLOTS).map(|_| Series::default()).collect(),
         }
     }
 
@@ -254,7 +278,7 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
         let edge = self.edge.clone();
-        let rpc = rpc_at(req.uri().path());
+        let (slot, rpc) = lookup(req.uri().path());
         // The connection is busy until the call ends (not idle).
         let on_conn = super::conn::state_of(req.extensions()).map(|s| s.call());
         // The service that was polled ready is the one called; its clone
@@ -268,7 +292,7 @@ where
             if let Some(s) = http {
                 *response.status_mut() = s;
             }
-            finish(&edge, rpc, key, code, start);
+            finish(&edge, rpc, slot, key, code, start);
             Box::pin(std::future::ready(Ok(response.map(EdgeBody::done)))) as Self::Future
         };
 
@@ -306,9 +330,14 @@ where
             Some(_) => match edge.calls.clone().try_acquire_owned() {
                 Ok(p) => Some(p),
                 Err(_) => {
-                    edge.metrics
-                        .rpc_shed
-                        .get_or_create(&MethodLabels { method: rpc.name })
+                    edge.series[slot]
+                        .shed
+                        .get_or_init(|| {
+                            edge.metrics
+                                .rpc_shed
+                                .get_or_create(&MethodLabels { method: rpc.name })
+                                .clone()
+                        })
                         .inc();
                     return refuse(
                         Status::resource_exhausted(format!(
@@ -336,7 +365,10 @@ where
         if let Some(p) = principal {
             req.extensions_mut().insert(p);
         }
-        let span = tracing::info_span!("grpc", method = rpc.name, key = key_name(&key));
+        // At debug: under the served level (info) a disabled span costs a
+        // call nothing measurable, where an enabled one cost about 0.4 µs
+        // (BENCHMARKS.md); the call's own log line names method and key.
+        let span = tracing::debug_span!("grpc", method = rpc.name, key = key_name(&key));
         Box::pin(
             async move {
                 let call = inner.call(req);
@@ -347,7 +379,7 @@ where
                         Err(_) => {
                             drop(permit);
                             let s = Status::deadline_exceeded("the call's deadline passed");
-                            finish(&edge, rpc, key_name(&key), s.code(), start);
+                            finish(&edge, rpc, slot, key_name(&key), s.code(), start);
                             return Ok(s.into_http::<Body>().map(EdgeBody::done));
                         }
                     },
@@ -356,12 +388,13 @@ where
                 // in the head, and the call is over.
                 if let Some(code) = grpc_status(response.headers()) {
                     drop(permit);
-                    finish(&edge, rpc, key_name(&key), code, start);
+                    finish(&edge, rpc, slot, key_name(&key), code, start);
                     return Ok(response.map(EdgeBody::done));
                 }
                 let tracker = Tracker {
                     edge,
                     rpc,
+                    slot,
                     key,
                     start,
                     _permit: permit,
@@ -413,17 +446,27 @@ fn parse_grpc_timeout(v: &HeaderValue) -> Option<Duration> {
 /// Counts the call, times it, and writes its one log line: server faults at
 /// error, a passed deadline at warn, the rest (successes and the caller's
 /// own mistakes) at debug.
-fn finish(edge: &Edge, rpc: &Rpc, key: &str, code: Code, start: Instant) {
+fn finish(edge: &Edge, rpc: &Rpc, slot: usize, key: &str, code: Code, start: Instant) {
     let elapsed = start.elapsed();
     let m = &edge.metrics;
-    m.rpc_requests
-        .get_or_create(&CallLabels {
-            method: rpc.name,
-            code: code_name(code),
+    let series = &edge.series[slot];
+    series.codes[(code as usize).min(16)]
+        .get_or_init(|| {
+            m.rpc_requests
+                .get_or_create(&CallLabels {
+                    method: rpc.name,
+                    code: code_name(code),
+                })
+                .clone()
         })
         .inc();
-    m.rpc_duration
-        .get_or_create(&MethodLabels { method: rpc.name })
+    series
+        .duration
+        .get_or_init(|| {
+            m.rpc_duration
+                .get_or_create(&MethodLabels { method: rpc.name })
+                .clone()
+        })
         .observe(elapsed.as_secs_f64());
     let micros = elapsed.as_micros() as u64;
     let name = code_name(code);
@@ -455,6 +498,7 @@ fn key_name(key: &Option<Arc<str>>) -> &str {
 struct Tracker {
     edge: Arc<Edge>,
     rpc: &'static Rpc,
+    slot: usize,
     key: Option<Arc<str>>,
     start: Instant,
     /// Held until the call ends: long streams count as running calls.
@@ -490,7 +534,7 @@ impl EdgeBody {
 
     fn end(&mut self, code: Code) {
         if let Some(t) = self.tracker.take() {
-            finish(&t.edge, t.rpc, key_name(&t.key), code, t.start);
+            finish(&t.edge, t.rpc, t.slot, key_name(&t.key), code, t.start);
         }
     }
 }
