@@ -28,8 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .codec_path("crate::grpc::codec::ProtoCodec")
         .compile_fds(fds)?;
 
-    // The server's zero-copy request messages: strings as `Bytes` slices of
-    // the received buffer.
+    // wire.proto: the requests' fields with strings as bytes, so tests can
+    // build any request a client can send (repeated map keys, bytes that
+    // are not UTF-8); a test checks it mirrors intent.proto.
     println!("cargo:rerun-if-changed=src/grpc/wire.proto");
     let wire = protox::compile(["wire.proto"], ["src/grpc", "proto"])?;
     let wire_out = out.join("wire");
@@ -46,8 +47,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(&wire_out)
         .compile_fds(wire)?;
 
-    // IntentService's server reads those messages; everything else is the
-    // public API's own types.
+    // IntentService's server reads its Score and Track requests with
+    // src/grpc/request.rs; everything else is the public API's own types.
     let intent = protox::compile(["rung/v1/intent.proto"], ["proto"])?;
     let server_out = out.join("intent_server");
     fs::create_dir_all(&server_out)?;
@@ -59,7 +60,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for message in ["ScoreRequest", "ScoreBatchRequest", "TrackRequest"] {
         server = server.extern_path(
             format!(".rung.v1.{message}"),
-            format!("crate::grpc::wire::{message}"),
+            format!("crate::grpc::request::{message}"),
         );
     }
     server.out_dir(&server_out).compile_fds(intent)?;

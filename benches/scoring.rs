@@ -151,7 +151,8 @@ fn engine_score(c: &mut Criterion) {
 fn handler(c: &mut Criterion) {
     use prost::Message;
     use rung::grpc::intent_server::intent_service_server::IntentService;
-    use rung::grpc::{proto, wire};
+    use rung::grpc::request::Decode;
+    use rung::grpc::{proto, request};
 
     let data = tempfile::tempdir().unwrap();
     let api = rung::grpc::IntentApi::new(Arc::new(engine(data.path())));
@@ -171,11 +172,11 @@ fn handler(c: &mut Criterion) {
         b.iter(|| black_box(proto::ScoreRequest::decode(black_box(one.clone())).unwrap()))
     });
     group.bench_function("Score decode", |b| {
-        b.iter(|| black_box(wire::ScoreRequest::decode(black_box(one.clone())).unwrap()))
+        b.iter(|| black_box(request::ScoreRequest::decode(black_box(one.clone())).unwrap()))
     });
     group.bench_function("Score decode+handler+encode", |b| {
         b.iter(|| {
-            let req = wire::ScoreRequest::decode(black_box(one.clone())).unwrap();
+            let req = request::ScoreRequest::decode(black_box(one.clone())).unwrap();
             let resp = rt.block_on(api.score(tonic::Request::new(req))).unwrap();
             black_box(resp.into_inner().encode_to_vec())
         })
@@ -184,11 +185,11 @@ fn handler(c: &mut Criterion) {
         b.iter(|| black_box(proto::ScoreBatchRequest::decode(black_box(batch.clone())).unwrap()))
     });
     group.bench_function("ScoreBatch(100) decode", |b| {
-        b.iter(|| black_box(wire::ScoreBatchRequest::decode(black_box(batch.clone())).unwrap()))
+        b.iter(|| black_box(request::ScoreBatchRequest::decode(black_box(batch.clone())).unwrap()))
     });
     group.bench_function("ScoreBatch(100) decode+handler+encode", |b| {
         b.iter(|| {
-            let req = wire::ScoreBatchRequest::decode(black_box(batch.clone())).unwrap();
+            let req = request::ScoreBatchRequest::decode(black_box(batch.clone())).unwrap();
             let resp = rt
                 .block_on(api.score_batch(tonic::Request::new(req)))
                 .unwrap();

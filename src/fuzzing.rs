@@ -9,6 +9,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use prost::Message;
 
 use crate::audience::definition::{Clause, Definition, LanguageLimits, Node};
@@ -18,7 +19,7 @@ use crate::engine::audience::ResumeToken;
 use crate::grpc::audience_api::{as_of, segment_name};
 use crate::grpc::convert::{self, ParseContext};
 use crate::grpc::status::FieldError;
-use crate::grpc::{proto, wire};
+use crate::grpc::{proto, request};
 use crate::scoring::timeline;
 use crate::training::eventlog::{self, Preset};
 
@@ -59,6 +60,43 @@ fn parse_context(limits: &Limits, ignore_unknown_types: bool) -> ParseContext<'_
     }
 }
 
+/// The server's reading of a Score-path request (`R`, [`request`]) next to
+/// prost's reading of the public message `P`: where prost reads the bytes,
+/// the server must read them and parse them to the same query or the same
+/// error (the public message re-encoded is what prost understood); where
+/// prost refuses them, the server must refuse them too. The server's
+/// outcome, `None` when it could not decode the bytes.
+fn agreed<P, R, T>(
+    body: &[u8],
+    parse: impl Fn(&R) -> Result<T, FieldError>,
+) -> Option<Result<T, FieldError>>
+where
+    P: Message + Default,
+    R: request::Decode,
+    T: PartialEq + std::fmt::Debug,
+{
+    let read = |b: Bytes| R::decode(b).ok().map(|r| parse(&r));
+    let server = read(Bytes::copy_from_slice(body));
+    match P::decode(body) {
+        Ok(public) => {
+            let expected = read(Bytes::from(public.encode_to_vec()));
+            let expected = expected.expect("the server reads prost's own encoding");
+            let got = server
+                .as_ref()
+                .expect("prost read these bytes; the server must");
+            assert_eq!(
+                got, &expected,
+                "the server and prost read the bytes differently"
+            );
+        }
+        Err(_) => assert!(
+            server.as_ref().is_none_or(|r| r.is_err()),
+            "prost refused the bytes; the server took them"
+        ),
+    }
+    server
+}
+
 /// How many request messages [`request`] chooses from.
 const MESSAGES: u8 = 14;
 
@@ -73,26 +111,29 @@ pub fn request(data: &[u8]) {
     let cx = parse_context(&defaults().limits, selector & 0x80 != 0);
     // A body that does not decode never reaches a handler: the codec
     // answers INVALID_ARGUMENT before the call. The Score and Track
-    // requests decode as the server reads them (grpc::wire).
+    // requests decode as the server reads them (grpc::request).
     fn decode<M: Message + Default>(body: &[u8]) -> Option<M> {
         M::decode(body).ok()
     }
     let outcome: Result<(), FieldError> = match (selector & 0x7f) % MESSAGES {
-        0 => decode::<wire::ScoreRequest>(body).map_or(Ok(()), |r| {
-            convert::score_query(&r, &cx).map(|q| {
-                assert!(q.events.len() <= cx.limits.max_events_per_request);
-            })
+        0 => agreed::<proto::ScoreRequest, request::ScoreRequest, _>(body, |r| {
+            convert::score_query(r, &cx)
+        })
+        .map_or(Ok(()), |q| {
+            q.map(|q| assert!(q.events.len() <= cx.limits.max_events_per_request))
         }),
-        1 => decode::<wire::ScoreBatchRequest>(body).map_or(Ok(()), |r| {
-            convert::score_batch(&r, &cx).map(|qs| {
-                assert!(qs.len() <= cx.limits.max_visitors_per_batch);
-            })
+        1 => agreed::<proto::ScoreBatchRequest, request::ScoreBatchRequest, _>(body, |r| {
+            convert::score_batch(r, &cx)
+        })
+        .map_or(Ok(()), |qs| {
+            qs.map(|qs| assert!(qs.len() <= cx.limits.max_visitors_per_batch))
         }),
         // Track and each TrackStream message.
-        2 => decode::<wire::TrackRequest>(body).map_or(Ok(()), |r| {
-            convert::track_query(&r, &cx).map(|q| {
-                assert!(q.events.iter().all(|e| e.event.at >= cx.oldest_storable));
-            })
+        2 => agreed::<proto::TrackRequest, request::TrackRequest, _>(body, |r| {
+            convert::track_query(r, &cx)
+        })
+        .map_or(Ok(()), |q| {
+            q.map(|q| assert!(q.events.iter().all(|e| e.event.at >= cx.oldest_storable)))
         }),
         3 => decode::<proto::GetVisitorRequest>(body)
             .map_or(Ok(()), |r| convert::visitor_id(r.visitor_id, &cx).map(drop)),

@@ -1,13 +1,14 @@
-//! The server reads Score, ScoreBatch and Track requests through its own
-//! zero-copy messages (`src/grpc/wire.proto`: strings as `Bytes` slices,
-//! the attributes map as its entries). For any request bytes, that reading
-//! must give exactly what the public messages' prost decoding gives: the
-//! same query, or the same INVALID_ARGUMENT message; and where prost
-//! refuses the bytes (a string that is not UTF-8), a refusal too.
+//! The server reads Score, ScoreBatch and Track requests with its own
+//! decoder (`src/grpc/request.rs`: the message taken whole, strings as
+//! spans of it). For any request bytes, that reading must give exactly
+//! what prost's decoding of the public messages gives: the same query, or
+//! the same INVALID_ARGUMENT message; and where prost refuses the bytes
+//! (malformed, or a string that is not UTF-8), a refusal too.
 //!
-//! Requests are generated as wire messages, so they can hold what the
-//! public types cannot express but a client can send: repeated map keys
-//! and strings that are not UTF-8.
+//! Requests are generated as `wire` messages (`src/grpc/wire.proto`), so
+//! they can hold what the public types cannot express but a client can
+//! send: repeated map keys and strings that are not UTF-8; then extended
+//! with unknown fields, repeated fields or garbage, or cut short.
 
 use std::collections::HashMap;
 
@@ -17,6 +18,7 @@ use prost::Message;
 use rung::config::Limits;
 use rung::domain::{Millis, Taxonomy};
 use rung::grpc::convert::{self, ParseContext};
+use rung::grpc::request::{self, Decode};
 use rung::grpc::status::FieldError;
 use rung::grpc::{proto, wire};
 
@@ -135,118 +137,143 @@ fn score_request() -> impl Strategy<Value = wire::ScoreRequest> {
         )
 }
 
-/// The public message as the server's: strings as their bytes, the map as
-/// its entries. Equal content, so the same validation must answer alike.
-fn event_from_public(e: proto::Event) -> wire::Event {
-    wire::Event {
-        r#type: e.r#type.into(),
-        time: e.time,
-        item_id: e.item_id.into(),
-        value: e.value,
-        event_id: e.event_id.into(),
-        attributes: e
-            .attributes
-            .into_iter()
-            .map(|(k, v)| wire::Attribute {
-                key: k.into(),
-                value: v.into(),
-            })
-            .collect(),
-    }
+/// What a client could append to a valid message: garbage, a field this
+/// version does not know (of any wire type), or a field sent again.
+fn tail() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        4 => Just(Vec::new()),
+        1 => proptest::collection::vec(any::<u8>(), 1..12),
+        // An unknown field: tag 9 to 40, any valid wire type.
+        1 => (9u8..40, prop_oneof![Just(0u8), Just(1), Just(2), Just(5)], proptest::collection::vec(any::<u8>(), 0..10))
+            .prop_map(|(tag, wire, payload)| {
+                let mut out = vec![(tag << 3) | wire];
+                match wire {
+                    0 => out.push(payload.first().copied().unwrap_or(1) & 0x7f),
+                    1 => out.extend_from_slice(&[7; 8]),
+                    5 => out.extend_from_slice(&[7; 4]),
+                    _ => {
+                        out.push(payload.len() as u8);
+                        out.extend_from_slice(&payload);
+                    }
+                }
+                out
+            }),
+        // An unknown group, skipped as prost skips it.
+        1 => Just(vec![(11 << 3) | 3, 8, 1, (11 << 3) | 4]),
+        // Field 1 again (visitor_id, or a batch's first visitor).
+        1 => text().prop_map(|t| {
+            let mut out = vec![(1 << 3) | 2, t.len() as u8];
+            out.extend_from_slice(&t);
+            out
+        }),
+    ]
 }
 
-fn score_from_public(r: proto::ScoreRequest) -> wire::ScoreRequest {
-    wire::ScoreRequest {
-        visitor_id: r.visitor_id.into(),
-        events: r.events.into_iter().map(event_from_public).collect(),
-        as_of: r.as_of,
-        max_reasons: r.max_reasons,
-        explain: r.explain,
-    }
-}
-
-/// Both readings of `bytes`: through the public messages (prost's own
-/// strings and map) and through the server's. `None` from the first when
-/// prost refuses the bytes.
-fn both<P, W, T>(
+/// Both readings of `bytes`: prost's decoding of the public message `P`
+/// (re-encoded, so the server reads exactly what prost understood), and
+/// the server's own reading. `None` from the first when prost refuses the
+/// bytes.
+fn both<P, R, T>(
     bytes: &[u8],
-    from_public: impl Fn(P) -> W,
-    parse: impl Fn(&W) -> Result<T, FieldError>,
+    parse: impl Fn(&R) -> Result<T, FieldError>,
 ) -> (Option<Result<T, String>>, Result<T, String>)
 where
     P: Message + Default,
-    W: Message + Default,
+    R: request::Decode,
 {
-    let public = P::decode(bytes)
-        .ok()
-        .map(|p| parse(&from_public(p)).map_err(|e| e.to_string()));
-    let w = W::decode(Bytes::copy_from_slice(bytes)).expect("encoded from a wire message");
-    (public, parse(&w).map_err(|e| e.to_string()))
+    let read = |b: Bytes| -> Result<T, String> {
+        let r = R::decode(b).map_err(|e| format!("decode: {e}"))?;
+        parse(&r).map_err(|e| e.to_string())
+    };
+    let public = P::decode(bytes).ok().map(|p| {
+        let canonical = Bytes::from(p.encode_to_vec());
+        read(canonical)
+    });
+    (public, read(Bytes::copy_from_slice(bytes)))
 }
 
 fn agree<T: PartialEq + std::fmt::Debug>(
     public: Option<Result<T, String>>,
-    wire: Result<T, String>,
+    server: Result<T, String>,
 ) {
     match public {
-        Some(expected) => assert_eq!(wire, expected),
+        Some(expected) => assert_eq!(server, expected),
         None => assert!(
-            wire.is_err(),
-            "prost refused the bytes; the server took them: {wire:?}"
+            server.is_err(),
+            "prost refused the bytes; the server took them: {server:?}"
         ),
     }
+}
+
+/// A message's bytes, then a tail, then maybe cut short.
+fn mangle(mut bytes: Vec<u8>, tail: Vec<u8>, cut: Option<usize>) -> Vec<u8> {
+    bytes.extend_from_slice(&tail);
+    if let Some(c) = cut {
+        bytes.truncate(c % (bytes.len() + 1));
+    }
+    bytes
+}
+
+fn cut() -> impl Strategy<Value = Option<usize>> {
+    prop_oneof![6 => Just(None), 1 => any::<usize>().prop_map(Some)]
 }
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
     #[test]
-    fn score_requests_read_alike(req in score_request(), ignore in any::<bool>()) {
+    fn score_requests_read_alike(req in score_request(), tail in tail(), cut in cut(), ignore in any::<bool>()) {
         let (taxonomy, limits) = (Taxonomy::builtin(), limits());
         let cx = context(&taxonomy, &limits, ignore);
-        let bytes = req.encode_to_vec();
-        let (public, wire) = both::<proto::ScoreRequest, _, _>(
+        let bytes = mangle(req.encode_to_vec(), tail, cut);
+        let (public, server) = both::<proto::ScoreRequest, request::ScoreRequest, _>(
             &bytes,
-            score_from_public,
-            |w| convert::score_query(w, &cx),
+            |r| convert::score_query(r, &cx),
         );
-        agree(public, wire);
+        agree(public, server);
     }
 
     #[test]
-    fn track_requests_read_alike(req in score_request(), ignore in any::<bool>()) {
+    fn track_requests_read_alike(req in score_request(), tail in tail(), cut in cut(), ignore in any::<bool>()) {
         let (taxonomy, limits) = (Taxonomy::builtin(), limits());
         let cx = context(&taxonomy, &limits, ignore);
         // A Track is a Score's first two fields.
         let track = wire::TrackRequest { visitor_id: req.visitor_id, events: req.events };
-        let bytes = track.encode_to_vec();
-        let (public, wire) = both::<proto::TrackRequest, _, _>(
+        let bytes = mangle(track.encode_to_vec(), tail, cut);
+        let (public, server) = both::<proto::TrackRequest, request::TrackRequest, _>(
             &bytes,
-            |p: proto::TrackRequest| wire::TrackRequest {
-                visitor_id: p.visitor_id.into(),
-                events: p.events.into_iter().map(event_from_public).collect(),
-            },
-            |w| convert::track_query(w, &cx),
+            |r| convert::track_query(r, &cx),
         );
-        agree(public, wire);
+        agree(public, server);
     }
 
     #[test]
     fn score_batches_read_alike(
         visitors in proptest::collection::vec(score_request(), 0..5),
+        tail in tail(),
+        cut in cut(),
         ignore in any::<bool>(),
     ) {
         let (taxonomy, limits) = (Taxonomy::builtin(), limits());
         let cx = context(&taxonomy, &limits, ignore);
-        let bytes = wire::ScoreBatchRequest { visitors }.encode_to_vec();
-        let (public, wire) = both::<proto::ScoreBatchRequest, _, _>(
+        let bytes = mangle(wire::ScoreBatchRequest { visitors }.encode_to_vec(), tail, cut);
+        let (public, server) = both::<proto::ScoreBatchRequest, request::ScoreBatchRequest, _>(
             &bytes,
-            |p: proto::ScoreBatchRequest| wire::ScoreBatchRequest {
-                visitors: p.visitors.into_iter().map(score_from_public).collect(),
-            },
-            |w| convert::score_batch(w, &cx),
+            |r| convert::score_batch(r, &cx),
         );
-        agree(public, wire);
+        agree(public, server);
+    }
+
+    /// Any bytes at all.
+    #[test]
+    fn arbitrary_bytes_read_alike(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        let (taxonomy, limits) = (Taxonomy::builtin(), limits());
+        let cx = context(&taxonomy, &limits, true);
+        let (public, server) = both::<proto::ScoreRequest, request::ScoreRequest, _>(
+            &bytes,
+            |r| convert::score_query(r, &cx),
+        );
+        agree(public, server);
     }
 }
 
@@ -279,6 +306,7 @@ fn a_repeated_attribute_key_keeps_its_last_value() {
     };
     let bytes = track.encode_to_vec();
     let public = proto::TrackRequest::decode(&bytes[..]).unwrap();
+    let track = request::TrackRequest::decode(Bytes::from(bytes)).unwrap();
     assert_eq!(
         public.events[0].attributes,
         HashMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])

@@ -11,8 +11,9 @@ use crate::engine::{Profile, Reason, Score, ScoreQuery, TrackQuery};
 use crate::scoring::model::Figures;
 use crate::scoring::Band;
 
+use super::proto;
+use super::request::{self, Visitor};
 use super::status::FieldError;
-use super::{proto, wire};
 
 /// What parsing a request needs to know besides the request.
 pub struct ParseContext<'a> {
@@ -32,7 +33,7 @@ pub fn visitor_id(raw: String, cx: &ParseContext) -> Result<VisitorId, FieldErro
         .map_err(|e| FieldError::new("visitor_id", e))
 }
 
-/// A `string` field as the server's messages carry it ([`wire`]): bytes,
+/// A `string` field as the server's messages carry it ([`request`]): bytes,
 /// UTF-8 checked here, as a decoder of the public messages would.
 fn text<'a>(field: &str, raw: &'a [u8]) -> Result<&'a str, FieldError> {
     std::str::from_utf8(raw).map_err(|e| {
@@ -59,16 +60,16 @@ enum Purpose {
 /// Parses a request's events; unknown types skipped (when so configured)
 /// are counted in the second value.
 fn events(
-    raw: &[wire::Event],
+    v: Visitor<'_>,
     cx: &ParseContext,
     purpose: Purpose,
 ) -> Result<(Vec<NewEvent>, u32), FieldError> {
-    if raw.len() > cx.limits.max_events_per_request {
+    if v.event_count() > cx.limits.max_events_per_request {
         return Err(FieldError::new(
             "events",
             format!(
                 "{} events exceed the maximum of {} per visitor per request",
-                raw.len(),
+                v.event_count(),
                 cx.limits.max_events_per_request
             ),
         ));
@@ -76,9 +77,9 @@ fn events(
     let latest_allowed = cx
         .now
         .saturating_add_millis((cx.limits.max_future_skew_secs as i64).saturating_mul(1000));
-    let mut out = Vec::with_capacity(raw.len());
+    let mut out = Vec::with_capacity(v.event_count());
     let mut ignored_unknown_type = 0u32;
-    for (i, e) in raw.iter().enumerate() {
+    for (i, e) in v.events().enumerate() {
         match event(e, cx, latest_allowed, purpose) {
             Ok(Some(ev)) => out.push(ev),
             Ok(None) => ignored_unknown_type += 1,
@@ -88,16 +89,20 @@ fn events(
     Ok((out, ignored_unknown_type))
 }
 
-pub fn track_query(req: &wire::TrackRequest, cx: &ParseContext) -> Result<TrackQuery, FieldError> {
-    let visitor = wire_visitor_id(&req.visitor_id, cx)?;
+pub fn track_query(
+    req: &request::TrackRequest,
+    cx: &ParseContext,
+) -> Result<TrackQuery, FieldError> {
+    let v = req.visitor();
+    let visitor = wire_visitor_id(v.visitor_id(), cx)?;
     // A Track stores events; one with none would create an empty visitor.
-    if req.events.is_empty() {
+    if v.event_count() == 0 {
         return Err(FieldError::new(
             "events",
             "must not be empty: a Track stores at least one event",
         ));
     }
-    let (events, ignored_unknown_type) = events(&req.events, cx, Purpose::Store)?;
+    let (events, ignored_unknown_type) = events(v, cx, Purpose::Store)?;
     Ok(TrackQuery {
         visitor,
         events,
@@ -114,8 +119,19 @@ pub fn to_timestamp(m: Millis) -> prost_types::Timestamp {
     prost_types::Timestamp { seconds, nanos }
 }
 
-pub fn score_query(req: &wire::ScoreRequest, cx: &ParseContext) -> Result<ScoreQuery, FieldError> {
-    let visitor = wire_visitor_id(&req.visitor_id, cx)?;
+pub fn score_query(
+    req: &request::ScoreRequest,
+    cx: &ParseContext,
+) -> Result<ScoreQuery, FieldError> {
+    score_fields(req.visitor(), &req.fields, cx)
+}
+
+fn score_fields(
+    v: Visitor<'_>,
+    req: &request::ScoreFields,
+    cx: &ParseContext,
+) -> Result<ScoreQuery, FieldError> {
+    let visitor = wire_visitor_id(v.visitor_id(), cx)?;
     let as_of = match &req.as_of {
         Some(t) => Some(timestamp(t).map_err(|e| FieldError::new("as_of", e))?),
         None => None,
@@ -130,7 +146,7 @@ pub fn score_query(req: &wire::ScoreRequest, cx: &ParseContext) -> Result<ScoreQ
             ))
         }
     };
-    let (events, ignored_unknown_type) = events(&req.events, cx, Purpose::Score)?;
+    let (events, ignored_unknown_type) = events(v, cx, Purpose::Score)?;
     Ok(ScoreQuery {
         visitor,
         events: events.into_iter().map(|e| e.event).collect(),
@@ -143,11 +159,12 @@ pub fn score_query(req: &wire::ScoreRequest, cx: &ParseContext) -> Result<ScoreQ
 
 /// An event's attributes as a map would hold them: the last entry of each
 /// key, sorted by key. Only built when they are kept or one is too long.
-fn attribute_map(raw: &[wire::Attribute]) -> Result<Vec<(&str, &str)>, FieldError> {
-    let mut map = Vec::with_capacity(raw.len());
-    for a in raw.iter().rev() {
-        map.push((text("attributes", &a.key)?, text("attributes", &a.value)?));
+fn attribute_map<'a>(e: request::Event<'a>) -> Result<Vec<(&'a str, &'a str)>, FieldError> {
+    let mut map = Vec::with_capacity(e.attribute_count());
+    for (k, v) in e.attributes() {
+        map.push((text("attributes", k)?, text("attributes", v)?));
     }
+    map.reverse();
     // Stable: of one key's entries the last sent comes first, and stays.
     map.sort_by(|a, b| a.0.cmp(b.0));
     map.dedup_by(|later, kept| later.0 == kept.0);
@@ -158,20 +175,20 @@ fn attribute_map(raw: &[wire::Attribute]) -> Result<Vec<(&str, &str)>, FieldErro
 /// them (the last entry of a key wins) without building a map unless they
 /// are kept: the kept pairs, sorted by key, for [`Purpose::Store`].
 fn attributes(
-    raw: &[wire::Attribute],
+    e: request::Event<'_>,
     cx: &ParseContext,
     purpose: Purpose,
 ) -> Result<Vec<(String, String)>, FieldError> {
     let l = cx.limits;
     let mut too_long = false;
-    for a in raw {
-        text("attributes", &a.key)?;
-        text("attributes", &a.value)?;
-        too_long |= a.key.len() + a.value.len() > l.max_attribute_bytes;
+    for (k, v) in e.attributes() {
+        text("attributes", k)?;
+        text("attributes", v)?;
+        too_long |= k.len() + v.len() > l.max_attribute_bytes;
     }
     // Fewer entries than the limit means fewer keys too: no map needed.
-    let map = if raw.len() > l.max_attributes || too_long || purpose == Purpose::Store {
-        attribute_map(raw)?
+    let map = if e.attribute_count() > l.max_attributes || too_long || purpose == Purpose::Store {
+        attribute_map(e)?
     } else {
         Vec::new()
     };
@@ -209,7 +226,7 @@ fn attributes(
 
 /// `Ok(None)`: an unknown type the server is configured to skip.
 fn event(
-    e: &wire::Event,
+    e: request::Event<'_>,
     cx: &ParseContext,
     latest_allowed: Millis,
     purpose: Purpose,
@@ -217,9 +234,9 @@ fn event(
     let l = cx.limits;
     // Every string is checked, even of an event skipped below: what the
     // server accepts does not depend on which fields it reads.
-    let type_name = text("type", &e.r#type)?;
-    let item_id = text("item_id", &e.item_id)?;
-    let event_id = text("event_id", &e.event_id)?;
+    let type_name = text("type", e.type_name())?;
+    let item_id = text("item_id", e.item_id())?;
+    let event_id = text("event_id", e.event_id())?;
     if type_name.is_empty() {
         return Err(FieldError::new("type", "must not be empty"));
     }
@@ -236,9 +253,9 @@ fn event(
     let kind = match cx.taxonomy.resolve(type_name) {
         Some(k) => k,
         None if cx.ignore_unknown_types => {
-            for a in &e.attributes {
-                text("attributes", &a.key)?;
-                text("attributes", &a.value)?;
+            for (k, v) in e.attributes() {
+                text("attributes", k)?;
+                text("attributes", v)?;
             }
             return Ok(None);
         }
@@ -249,7 +266,7 @@ fn event(
             ))
         }
     };
-    let at = match &e.time {
+    let at = match e.time() {
         None => return Err(FieldError::new("time", "is required")),
         Some(t) => timestamp(t).map_err(|err| FieldError::new("time", err))?,
     };
@@ -274,10 +291,10 @@ fn event(
             ),
         ));
     }
-    if !e.value.is_finite() {
+    if !e.value().is_finite() {
         return Err(FieldError::new(
             "value",
-            format!("must be finite, got {}", e.value),
+            format!("must be finite, got {}", e.value()),
         ));
     }
     for (field, len, max) in [
@@ -291,12 +308,12 @@ fn event(
             ));
         }
     }
-    let attributes = attributes(&e.attributes, cx, purpose)?;
+    let attributes = attributes(e, cx, purpose)?;
     let event = Event {
         kind,
         at,
         item: ItemKey::of(item_id),
-        value: e.value,
+        value: e.value(),
         id: (!event_id.is_empty()).then(|| stable_hash(event_id)),
     };
     Ok(Some(match purpose {
@@ -316,7 +333,7 @@ fn event(
 }
 
 pub fn score_batch(
-    req: &wire::ScoreBatchRequest,
+    req: &request::ScoreBatchRequest,
     cx: &ParseContext,
 ) -> Result<Vec<ScoreQuery>, FieldError> {
     if req.visitors.len() > cx.limits.max_visitors_per_batch {
@@ -332,7 +349,9 @@ pub fn score_batch(
     req.visitors
         .iter()
         .enumerate()
-        .map(|(i, v)| score_query(v, cx).map_err(|e| e.within(&format!("visitors[{i}]"))))
+        .map(|(i, v)| {
+            score_fields(req.visitor(v), v, cx).map_err(|e| e.within(&format!("visitors[{i}]")))
+        })
         .collect()
 }
 

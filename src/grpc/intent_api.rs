@@ -13,7 +13,7 @@ use super::proto::{
     ForgetVisitorRequest, ForgetVisitorResponse, GetVisitorRequest, GetVisitorResponse, Rejection,
     ScoreBatchResponse, ScoreResponse, TrackResponse, TrackSummary,
 };
-use super::wire::{ScoreBatchRequest, ScoreRequest, TrackRequest};
+use super::request::{ScoreBatchRequest, ScoreRequest, TrackRequest};
 
 pub struct IntentApi {
     engine: Arc<Engine>,
@@ -104,11 +104,11 @@ impl IntentService for IntentApi {
         let mut stream = request.into_inner();
         let mut ingest = self.engine.ingest();
         while let Some(message) = stream.message().await? {
-            let events = message.events.len();
+            let events = message.visitor().event_count();
             let parsed = convert::track_query(&message, &self.context(Millis::now()))
                 .map_err(|e| e.to_string());
             // Named in a rejection as sent, even when it is not UTF-8.
-            let visitor_id = String::from_utf8_lossy(&message.visitor_id).into_owned();
+            let visitor_id = String::from_utf8_lossy(message.visitor().visitor_id()).into_owned();
             ingest.push(visitor_id, events, parsed).await;
         }
         // The summary goes out only once every accepted write is durable.

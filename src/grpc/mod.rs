@@ -9,6 +9,7 @@ pub mod convert;
 pub mod edge;
 pub mod intent_api;
 pub mod model_api;
+pub mod request;
 pub mod status;
 
 /// Code generated from `proto/rung/v1/*.proto`.
@@ -21,9 +22,10 @@ pub mod proto {
         include_bytes!(concat!(env!("OUT_DIR"), "/rung_descriptor.bin"));
 }
 
-/// The server's zero-copy reading of the request messages
-/// (`src/grpc/wire.proto`): strings arrive as `Bytes` slices of the
-/// received buffer.
+/// The Score and Track requests' fields with every string as bytes
+/// (`src/grpc/wire.proto`): what tests build requests with, including ones
+/// the public types cannot express (repeated map keys, bytes that are not
+/// UTF-8). The server reads these requests with [`request`].
 pub mod wire {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/wire/rung.v1.wire.rs"));
@@ -33,7 +35,7 @@ pub mod wire {
         include_bytes!(concat!(env!("OUT_DIR"), "/wire/descriptor.bin"));
 }
 
-/// `IntentService`'s server, generated over the [`wire`] request messages;
+/// `IntentService`'s server, generated over the [`request`] messages;
 /// responses and everything else are [`proto`]'s types.
 pub mod intent_server {
     #![allow(clippy::all, missing_docs)]
