@@ -263,7 +263,7 @@ async fn measure(
     } else {
         args.scenario.clone()
     };
-    if scenarios.contains(&Scenario::ScoreById) {
+    if scenarios.contains(&Scenario::ScoreById) || args.h2load_bodies.is_some() {
         // Through one server: with a shared store every replica reads what
         // any replica stored, once it has answered.
         let mut client = IntentServiceClient::new(api_key.on(channels[0].clone()))
@@ -311,6 +311,9 @@ async fn measure(
                 }
             }
         }
+    }
+    if let Some(dir) = &args.h2load_bodies {
+        return write_h2load_bodies(dir, &workload);
     }
     let workload = Arc::new(workload);
     let rounds = args.rounds.max(1);
@@ -371,6 +374,28 @@ async fn measure(
     if !aims.is_empty() {
         print!("\nAims:\n\n{}", load::aims_table(&aims));
     }
+    Ok(())
+}
+
+/// Writes one request body per scenario an independent HTTP/2 load tool
+/// (h2load) can send: gRPC frames of the same requests `rung bench` sends.
+fn write_h2load_bodies(dir: &std::path::Path, workload: &Workload) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let bodies = [
+        ("health.bin", bytes::Bytes::new()),
+        ("score.bin", workload.score_inline(0)),
+        ("score-by-id.bin", workload.score_by_id(0)),
+        ("score-batch.bin", workload.score_batch(0)),
+    ];
+    for (name, message) in bodies {
+        let mut frame = Vec::with_capacity(5 + message.len());
+        frame.push(0); // not compressed
+        frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&message);
+        let path = dir.join(name);
+        std::fs::write(&path, frame).with_context(|| format!("writing {}", path.display()))?;
+    }
+    eprintln!("wrote the request bodies to {}", dir.display());
     Ok(())
 }
 
@@ -453,6 +478,12 @@ pub struct BenchArgs {
     /// ingest, profiles); never logged.
     #[arg(long, env = "RUNG_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Store the Score-by-id visitors on the server, write one gRPC request
+    /// body per scenario (health.bin, score.bin, score-by-id.bin,
+    /// score-batch.bin) into this folder for an independent load tool such
+    /// as h2load, and stop without measuring.
+    #[arg(long, value_name = "DIR")]
+    pub h2load_bodies: Option<std::path::PathBuf>,
 }
 
 #[cfg(test)]
