@@ -57,13 +57,15 @@ enum Purpose {
     Store,
 }
 
-/// Parses a request's events; unknown types skipped (when so configured)
-/// are counted in the second value.
-fn events(
+/// Parses a request's events, each kept as `keep` makes it (a scored
+/// event needs only its [`Event`]: no second list); unknown types skipped
+/// (when so configured) are counted in the second value.
+fn events<T>(
     v: Visitor<'_>,
     cx: &ParseContext,
     purpose: Purpose,
-) -> Result<(Vec<NewEvent>, u32), FieldError> {
+    keep: impl Fn(NewEvent) -> T,
+) -> Result<(Vec<T>, u32), FieldError> {
     if v.event_count() > cx.limits.max_events_per_request {
         return Err(FieldError::new(
             "events",
@@ -81,7 +83,7 @@ fn events(
     let mut ignored_unknown_type = 0u32;
     for (i, e) in v.events().enumerate() {
         match event(e, cx, latest_allowed, purpose) {
-            Ok(Some(ev)) => out.push(ev),
+            Ok(Some(ev)) => out.push(keep(ev)),
             Ok(None) => ignored_unknown_type += 1,
             Err(err) => return Err(err.within(&format!("events[{i}]"))),
         }
@@ -102,7 +104,7 @@ pub fn track_query(
             "must not be empty: a Track stores at least one event",
         ));
     }
-    let (events, ignored_unknown_type) = events(v, cx, Purpose::Store)?;
+    let (events, ignored_unknown_type) = events(v, cx, Purpose::Store, |e| e)?;
     Ok(TrackQuery {
         visitor,
         events,
@@ -146,10 +148,10 @@ fn score_fields(
             ))
         }
     };
-    let (events, ignored_unknown_type) = events(v, cx, Purpose::Score)?;
+    let (events, ignored_unknown_type) = events(v, cx, Purpose::Score, |e| e.event)?;
     Ok(ScoreQuery {
         visitor,
-        events: events.into_iter().map(|e| e.event).collect(),
+        events,
         as_of,
         max_reasons: max_reasons as usize,
         explain: req.explain,
