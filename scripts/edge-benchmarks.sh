@@ -128,17 +128,7 @@ for mode in ("unbounded", "bounded"):
   echo "$end"
 }
 
+# Captured whole first: a run that fails part-way changes nothing.
 block=$(generated)
-python3 - "$out" "$begin" "$end" "$block" <<'PY'
-import sys
-path, begin, end, block = sys.argv[1:5]
-text = open(path).read()
-if begin in text and end in text:
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    text = head + block + tail
-else:
-    text = text.rstrip("\n") + "\n\n## The production edge\n\n" + block + "\n"
-open(path, "w").write(text)
-PY
+printf '%s\n' "$block" | scripts/replace-block.py "$out" "$begin" "$end" "The production edge"
 echo "updated $out"
