@@ -44,7 +44,7 @@ fn text<'a>(field: &str, raw: &'a [u8]) -> Result<&'a str, FieldError> {
     })
 }
 
-fn wire_visitor_id(raw: &[u8], cx: &ParseContext) -> Result<VisitorId, FieldError> {
+fn request_visitor_id(raw: &[u8], cx: &ParseContext) -> Result<VisitorId, FieldError> {
     visitor_id(text("visitor_id", raw)?.to_owned(), cx)
 }
 
@@ -96,7 +96,7 @@ pub fn track_query(
     cx: &ParseContext,
 ) -> Result<TrackQuery, FieldError> {
     let v = req.visitor();
-    let visitor = wire_visitor_id(v.visitor_id(), cx)?;
+    let visitor = request_visitor_id(v.visitor_id(), cx)?;
     // A Track stores events; one with none would create an empty visitor.
     if v.event_count() == 0 {
         return Err(FieldError::new(
@@ -133,7 +133,7 @@ fn score_fields(
     req: &request::ScoreFields,
     cx: &ParseContext,
 ) -> Result<ScoreQuery, FieldError> {
-    let visitor = wire_visitor_id(v.visitor_id(), cx)?;
+    let visitor = request_visitor_id(v.visitor_id(), cx)?;
     let as_of = match &req.as_of {
         Some(t) => Some(timestamp(t).map_err(|e| FieldError::new("as_of", e))?),
         None => None,

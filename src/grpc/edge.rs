@@ -153,11 +153,6 @@ fn lookup(path: &str) -> (usize, &'static Rpc) {
     }
 }
 
-/// The RPC at `path`.
-pub fn rpc_at(path: &str) -> &'static Rpc {
-    lookup(path).1
-}
-
 /// The gRPC code's canonical name, as the `code` label.
 pub fn code_name(code: Code) -> &'static str {
     match code {
@@ -627,7 +622,7 @@ mod tests {
             for service in &file.service {
                 for method in &service.method {
                     let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
-                    let rpc = rpc_at(&path);
+                    let (_, rpc) = lookup(&path);
                     assert_eq!(rpc.name, method.name(), "{path}");
                     assert!(rpc.role.is_some(), "{path}");
                     let streaming = method.client_streaming() || method.server_streaming();

@@ -336,8 +336,7 @@ fn timestamp(
 }
 
 fn attribute(mut r: Reader<'_>) -> Result<(Span, Span), DecodeError> {
-    let at = r.pos as u32;
-    let (mut key, mut value) = (at..at, at..at);
+    let (mut key, mut value) = (0..0, 0..0);
     while r.more() {
         let (tag, wire) = r.key()?;
         match tag {
@@ -365,17 +364,6 @@ fn event(e: &mut EventFields, mut r: Reader<'_>) -> Result<(), DecodeError> {
     Ok(())
 }
 
-/// A new event's fields; empty strings point at where the event starts.
-fn new_event(r: &Reader<'_>) -> EventFields {
-    let at = r.pos as u32;
-    EventFields {
-        type_name: at..at,
-        item_id: at..at,
-        event_id: at..at,
-        ..Default::default()
-    }
-}
-
 fn score_fields(mut r: Reader<'_>) -> Result<ScoreFields, DecodeError> {
     let mut s = ScoreFields::default();
     while r.more() {
@@ -384,7 +372,7 @@ fn score_fields(mut r: Reader<'_>) -> Result<ScoreFields, DecodeError> {
             1 => replace(&mut s.visitor_id, r.delimited(tag, wire)?, r.whole)?,
             2 => {
                 let inner = r.nested(tag, wire)?;
-                let mut e = new_event(&inner);
+                let mut e = EventFields::default();
                 event(&mut e, inner)?;
                 s.events.push(e);
             }
@@ -417,7 +405,7 @@ fn track(mut r: Reader<'_>) -> Result<(Span, Vec<EventFields>), DecodeError> {
             1 => replace(&mut visitor_id, r.delimited(tag, wire)?, r.whole)?,
             2 => {
                 let inner = r.nested(tag, wire)?;
-                let mut e = new_event(&inner);
+                let mut e = EventFields::default();
                 event(&mut e, inner)?;
                 events.push(e);
             }
