@@ -17,7 +17,8 @@ use rung::domain::NewEvent;
 use rung::domain::{Event, Millis, Taxonomy, VisitorId};
 use rung::load::redis_nodes::{PrefixCleanup, VisitorMemory};
 use rung::load::RedisNodes;
-use rung::store::{RedbStore, RedisSettings, RedisStore, Store, StoreLimits};
+use rung::store::record::PartSizes;
+use rung::store::{RedbStore, RedisSettings, RedisStore, Store, StoreLimits, VisitorRecord};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {
@@ -175,6 +176,35 @@ fn sizes(c: &mut Criterion) {
         two_hundred as f64 / (n / 10) as f64,
         (two_hundred - one_small) as f64 / ((n / 10) * 199) as f64,
     );
+    // What the parts of one record take, before the raw events and the
+    // store's own keys and pages.
+    let t = Taxonomy::builtin();
+    let parts: Vec<PartSizes> = [1, 20, 200]
+        .iter()
+        .map(|&n| {
+            let evs = events(&t, 7, n);
+            let mut r = VisitorRecord::first(&t, &evs);
+            r.track(&t, evs, LIMITS.dedup_window);
+            PartSizes::of(&r).unwrap()
+        })
+        .collect();
+    let row = |f: fn(&PartSizes) -> usize| {
+        parts
+            .iter()
+            .map(|p| f(p).to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    println!(
+        "store size, one record's parts for 1/20/200 events (bytes): header {}, aggregate {}, \
+         seen ids {}, next seq {}, timeline {}; total {}",
+        row(|p| p.header),
+        row(|p| p.aggregate),
+        row(|p| p.seen_ids),
+        row(|p| p.next_seq),
+        row(|p| p.timeline),
+        row(PartSizes::total),
+    );
     if let Some(url) = redis_url() {
         let describe = |visitors: usize, per_visitor: usize| {
             let m = redis_fill(&rt, &url, visitors, per_visitor);
@@ -220,13 +250,20 @@ fn operations(c: &mut Criterion) {
             black_box(ct.block_on(store.load(&id(v))).unwrap())
         })
     });
+    group.bench_function("load what scoring reads of a 20-event visitor", |b| {
+        let mut v = 0;
+        b.iter(|| {
+            v = (v + 1) % 1000;
+            black_box(ct.block_on(store.load_standing(&id(v))).unwrap())
+        })
+    });
     group.bench_function("load + score a stored visitor", |b| {
         let mut v = 0;
         let as_of = Millis::from_unix_millis(T0 + 86_400_000);
         b.iter(|| {
             v = (v + 1) % 1000;
-            let record = ct.block_on(store.load(&id(v))).unwrap().unwrap();
-            black_box(record.aggregate.observe(&t, as_of))
+            let standing = ct.block_on(store.load_standing(&id(v))).unwrap().unwrap();
+            black_box(standing.aggregate.observe(&t, as_of))
         })
     });
     group.bench_function("snapshot of a 20-event visitor (GetVisitor)", |b| {
@@ -322,8 +359,8 @@ fn redis_operations(c: &mut Criterion) {
         let as_of = Millis::from_unix_millis(T0 + 86_400_000);
         b.iter(|| {
             v = (v + 1) % 1000;
-            let record = rt.block_on(store.load(&id(v))).unwrap().unwrap();
-            black_box(record.aggregate.observe(&t, as_of))
+            let standing = rt.block_on(store.load_standing(&id(v))).unwrap().unwrap();
+            black_box(standing.aggregate.observe(&t, as_of))
         })
     });
     group.bench_function(

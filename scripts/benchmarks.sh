@@ -23,6 +23,7 @@ criterion_medians() {
   # of its own when it is long; either way one "| name | median |" row.
   cargo bench --quiet --bench "$1" 2>/dev/null |
     awk '/time:/ {
+           if (pending) { print "\n| bench | median |\n|---|---|"; pending = 0 }
            line = $0
            if (line ~ /^[^ ]/) { name = line; sub(/ *time:.*/, "", name) }
            sub(/^[^[]*\[/, "", line); split(line, t, " ")
@@ -30,7 +31,7 @@ criterion_medians() {
            name = ""; next
          }
          /^[^ ]/ && !/^(Benchmarking|Found|Gnuplot|store size)/ { name = $0 }
-         /^store size/ { print "\n" $0 "\n\n| bench | median |\n|---|---|" }'
+         /^store size/ { print "\n" $0; pending = 1 }'
 }
 
 generated() {

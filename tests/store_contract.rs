@@ -7,8 +7,9 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use rung::domain::event::stable_hash;
 use rung::domain::{Event, Millis, NewEvent, Taxonomy, VisitorId};
-use rung::store::{record, SavedSegment, ScanRange, SegmentWrite, Store, StoreLimits};
+use rung::store::{record, SavedSegment, ScanRange, SegmentWrite, Standing, Store, StoreLimits};
 
 const T0: i64 = 1_767_225_600_000;
 const LIMITS: StoreLimits = StoreLimits {
@@ -274,7 +275,7 @@ pub async fn writes_to_one_visitor_apply_in_the_order_made(
     );
 }
 
-pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
+pub async fn load_standings_answers_each_visitor_in_order(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
     track(&*store, "a", vec![new_event(&t, "view_item", 0, "a1")]).await;
     track(
         &*store,
@@ -287,17 +288,15 @@ pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: A
     .await;
     let (a, nobody, b) = (visitor("a"), visitor("nobody"), visitor("b"));
     let many: Vec<_> = store
-        .load_many(&[&b, &nobody, &a, &b])
+        .load_standings(&[&b, &nobody, &a, &b])
         .await
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
-    let expected = vec![
-        load(&*store, "b").await,
-        None,
-        load(&*store, "a").await,
-        load(&*store, "b").await,
-    ];
+    // What scoring reads is exactly that part of the whole record.
+    let b_standing = load(&*store, "b").await.map(Standing::from);
+    let a_standing = load(&*store, "a").await.map(Standing::from);
+    let expected = vec![b_standing.clone(), None, a_standing, b_standing];
     assert_eq!(many, expected);
     assert_eq!(
         many[0]
@@ -307,7 +306,13 @@ pub async fn load_many_answers_each_visitor_in_order(store: Arc<dyn Store>, t: A
             .count(t.resolve("purchase").unwrap()),
         1
     );
-    assert!(store.load_many(&[]).await.is_empty());
+    assert_eq!(
+        many[0].as_ref().unwrap().seen_ids,
+        vec![stable_hash("b1"), stable_hash("b2")]
+    );
+    assert_eq!(store.load_standing(&b).await.unwrap(), many[0]);
+    assert_eq!(store.load_standing(&nobody).await.unwrap(), None);
+    assert!(store.load_standings(&[]).await.is_empty());
 }
 
 pub async fn a_scan_returns_each_active_visitor_once(store: Arc<dyn Store>, t: Arc<Taxonomy>) {
@@ -474,7 +479,7 @@ macro_rules! store_contract {
             $make,
             [
                 unknown_visitors_load_as_none,
-                load_many_answers_each_visitor_in_order,
+                load_standings_answers_each_visitor_in_order,
                 tracked_events_are_in_the_record,
                 a_track_can_hand_back_the_record,
                 repeated_event_ids_are_duplicates,

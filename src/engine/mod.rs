@@ -20,7 +20,7 @@ use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
 use crate::metrics::Metrics;
 use crate::scoring::{self, rebuild, Band, Ladder, Model, Observation};
-use crate::store::{ModelNote, Store, StoreError, VisitorRecord};
+use crate::store::{ModelNote, Standing, Store, StoreError, VisitorRecord};
 
 pub use ingest::{Ingest, IngestSummary, Rejection};
 
@@ -274,11 +274,10 @@ impl Engine {
         let serving = self.model.current();
         let stored = self
             .store
-            .load(&q.visitor)
+            .load_standing(&q.visitor)
             .await
             .map_err(|e| self.store_failed(e))?;
-        self.score_with(&serving.model, q, stored.as_ref(), now)
-            .await
+        self.score_with(&serving.model, q, stored, now).await
     }
 
     /// One score per query, in order; each equal to [`Engine::score`] of it.
@@ -290,14 +289,11 @@ impl Engine {
         // One model for the whole batch: results of one call are comparable.
         let serving = self.model.current();
         let ids: Vec<&VisitorId> = queries.iter().map(|q| &q.visitor).collect();
-        let stored = self.store.load_many(&ids).await;
+        let stored = self.store.load_standings(&ids).await;
         let mut scores = Vec::with_capacity(queries.len());
         for (q, rec) in queries.into_iter().zip(stored) {
             let rec = rec.map_err(|e| self.store_failed(e))?;
-            scores.push(
-                self.score_with(&serving.model, q, rec.as_ref(), now)
-                    .await?,
-            );
+            scores.push(self.score_with(&serving.model, q, rec, now).await?);
         }
         Ok(scores)
     }
@@ -306,18 +302,17 @@ impl Engine {
         &self,
         model: &Model,
         mut q: ScoreQuery,
-        stored: Option<&VisitorRecord>,
+        stored: Option<Standing>,
         now: Millis,
     ) -> Result<Score, EngineError> {
         sort_by_time(&mut q.events);
         let before = q.events.len();
-        if let Some(rec) = stored {
-            q.events
-                .retain(|e| e.id.is_none_or(|h| !rec.seen_ids.contains(&h)));
+        if let Some(rec) = &stored {
+            q.events.retain(|e| e.id.is_none_or(|h| !rec.has_seen(h)));
         }
         let ignored_duplicate = (before - q.events.len()) as u32;
         let latest = [
-            stored.and_then(|r| r.aggregate.last()),
+            stored.as_ref().and_then(|r| r.aggregate.last()),
             q.events.last().map(|e| e.at),
         ]
         .into_iter()
@@ -331,8 +326,7 @@ impl Engine {
 
         let obs = match stored {
             None => scoring::observe(&self.taxonomy, inline, as_of),
-            Some(rec) if rec.aggregate.last().is_none_or(|l| l <= as_of) => {
-                let mut aggregate = rec.aggregate.clone();
+            Some(Standing { mut aggregate, .. }) if aggregate.last().is_none_or(|l| l <= as_of) => {
                 for e in inline {
                     aggregate.apply(&self.taxonomy, e);
                 }
@@ -436,11 +430,11 @@ impl Engine {
                 .map_err(|e| self.store_failed(e))?
         };
         // A backend that does not hand the record back is read again.
-        let record = match written.record {
-            Some(r) => Some(*r),
+        let standing = match written.record {
+            Some(r) => Some(Standing::from(*r)),
             None => self
                 .store
-                .load(&visitor)
+                .load_standing(&visitor)
                 .await
                 .map_err(|e| self.store_failed(e))?,
         };
@@ -453,7 +447,7 @@ impl Engine {
             ignored_unknown_type: q.ignored_unknown_type,
         };
         let score = self
-            .score_with(&serving.model, query, record.as_ref(), now)
+            .score_with(&serving.model, query, standing, now)
             .await?;
         self.metrics.events("accepted", u64::from(written.accepted));
         self.metrics

@@ -55,6 +55,20 @@ impl Timeline {
     pub fn types(&self) -> usize {
         self.per_type.len()
     }
+
+    /// Every type's kept times, by type index.
+    pub fn lists(&self) -> &[Vec<Millis>] {
+        &self.per_type
+    }
+
+    /// A timeline from lists as [`Timeline::lists`] gives them; `None`
+    /// unless each is ascending and at most [`PER_TYPE`] long.
+    pub fn from_lists(per_type: Vec<Vec<Millis>>) -> Option<Timeline> {
+        per_type
+            .iter()
+            .all(|t| t.len() <= PER_TYPE && t.is_sorted())
+            .then_some(Timeline { per_type })
+    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::domain::{Millis, NewEvent, StoredEvent, VisitorId};
 
-pub use record::{RecordView, VisitorRecord};
+pub use record::{RecordView, Standing, VisitorRecord};
 pub use redb_store::RedbStore;
 pub use redis_store::{RedisSettings, RedisStore};
 
@@ -297,12 +297,14 @@ pub struct StoreLimits {
 pub trait Store: Send + Sync + 'static {
     /// The visitor's record, if rung has seen them.
     async fn load(&self, visitor: &VisitorId) -> Result<Option<VisitorRecord>, StoreError>;
-    /// [`Store::load`] of each visitor, in order. A corrupt record fails
-    /// only its own entry.
-    async fn load_many(
+    /// What scoring reads of the visitor's record (decoding nothing else).
+    async fn load_standing(&self, visitor: &VisitorId) -> Result<Option<Standing>, StoreError>;
+    /// [`Store::load_standing`] of each visitor, in order. A corrupt record
+    /// fails only its own entry.
+    async fn load_standings(
         &self,
         visitors: &[&VisitorId],
-    ) -> Vec<Result<Option<VisitorRecord>, StoreError>>;
+    ) -> Vec<Result<Option<Standing>, StoreError>>;
     /// The record and the kept raw events, from one consistent read.
     async fn snapshot(&self, visitor: &VisitorId) -> Result<Option<Snapshot>, StoreError>;
     /// Appends events (duplicates by event id are skipped), atomically for

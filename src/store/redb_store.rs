@@ -50,12 +50,12 @@ use crate::scoring::rebuild;
 
 use super::keys::{random_secret, KeyFile, Pseudonyms, Purpose, VisitorKey};
 use super::record::{
-    decode as decode_record, decode_event, decode_segment, encode as encode_record, encode_event,
-    encode_segment, last_seen,
+    decode as decode_record, decode_event, decode_segment, decode_standing,
+    encode as encode_record, encode_event, encode_segment, last_seen, upgrade_v2,
 };
 use super::{
-    Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Store, StoreError,
-    StoreLimits, Ticket, Tracked, VisitorRecord,
+    Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Standing, Store,
+    StoreError, StoreLimits, Ticket, Tracked, VisitorRecord,
 };
 
 const VISITORS: TableDefinition<&str, &[u8]> = TableDefinition::new("visitors");
@@ -64,7 +64,8 @@ const EVENTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("events
 const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 const SEGMENTS: TableDefinition<&str, &[u8]> = TableDefinition::new("segments");
 
-const FORMAT: &str = "rung.store.v3";
+const FORMAT: &str = "rung.store.v4";
+const FORMAT_V3: &str = "rung.store.v3";
 const FORMAT_V2: &str = "rung.store.v2";
 const FORMAT_V1: &str = "rung.store.v1";
 /// The file inside the data directory.
@@ -192,6 +193,18 @@ impl Shared {
             return Ok(None);
         };
         decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
+    }
+
+    fn read_standing(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        visitor: &VisitorId,
+    ) -> Result<Option<Standing>, StoreError> {
+        let row = self.names.row(visitor.as_str());
+        let Some(value) = table.get(row.as_str()).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        decode_standing(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
     }
 
     /// A visitor's key slot and sealed id, from their identity row.
@@ -434,7 +447,7 @@ fn init(
                 meta.insert("secret", encode_hex(&secret).as_str())
                     .map_err(unavailable)?;
             }
-            Some(FORMAT) | Some(FORMAT_V2) | Some(FORMAT_V1) => {
+            Some(FORMAT) | Some(FORMAT_V3) | Some(FORMAT_V2) | Some(FORMAT_V1) => {
                 let stored = meta
                     .get("taxonomy")
                     .map_err(unavailable)?
@@ -448,11 +461,22 @@ fn init(
                         taxonomy.fingerprint()
                     )));
                 }
-                if format.as_deref() == Some(FORMAT_V1) {
-                    migrate_v1(&txn, taxonomy)?;
-                    tracing::info!(path = %path.display(), "store upgraded from v1 to v2 (timelines rebuilt from raw events)");
+                match format.as_deref() {
+                    Some(FORMAT_V1) => {
+                        // Written straight in the current record layout.
+                        migrate_v1(&txn, taxonomy)?;
+                        tracing::info!(path = %path.display(), "store upgraded from v1 to v2 (timelines rebuilt from raw events)");
+                    }
+                    Some(FORMAT_V2) | Some(FORMAT_V3) => {
+                        let records = migrate_layout(&txn, taxonomy)?;
+                        tracing::info!(path = %path.display(), records, "records rewritten in layout v3 (what scoring reads first)");
+                    }
+                    _ => {}
                 }
-                if format.as_deref() == Some(FORMAT) {
+                if format.as_deref() == Some(FORMAT_V3) {
+                    meta.insert("format", FORMAT).map_err(unavailable)?;
+                }
+                if matches!(format.as_deref(), Some(FORMAT) | Some(FORMAT_V3)) {
                     let hex = meta
                         .get("secret")
                         .map_err(unavailable)?
@@ -473,7 +497,7 @@ fn init(
                         .map_err(unavailable)?;
                     meta.insert("format", FORMAT).map_err(unavailable)?;
                     upgraded = true;
-                    tracing::info!(path = %path.display(), visitors = sealed, "store upgraded to v3 (ids and raw events sealed with per-visitor keys)");
+                    tracing::info!(path = %path.display(), visitors = sealed, "store upgraded (ids and raw events sealed with per-visitor keys)");
                 }
             }
             Some(other) => {
@@ -541,6 +565,28 @@ fn migrate_v1(txn: &redb::WriteTransaction, taxonomy: &Taxonomy) -> Result<(), S
             .map_err(unavailable)?;
     }
     Ok(())
+}
+
+/// Rewrites every record from layout v2 to v3, row keys unchanged (v2 and
+/// v3 files keep records in layout v2). Returns how many.
+fn migrate_layout(txn: &redb::WriteTransaction, taxonomy: &Taxonomy) -> Result<usize, StoreError> {
+    let mut visitors = txn.open_table(VISITORS).map_err(unavailable)?;
+    let mut upgraded = Vec::new();
+    for entry in visitors.iter().map_err(unavailable)? {
+        let (k, v) = entry.map_err(unavailable)?;
+        match upgrade_v2(k.value(), v.value(), taxonomy) {
+            Ok(bytes) => upgraded.push((k.value().to_string(), bytes)),
+            // Left as is: reading it reports it corrupt, for this visitor only.
+            Err(e) => tracing::warn!(error = %e, "a record that cannot be read is left as it is"),
+        }
+    }
+    let n = upgraded.len();
+    for (row, bytes) in upgraded {
+        visitors
+            .insert(row.as_str(), bytes.as_slice())
+            .map_err(unavailable)?;
+    }
+    Ok(n)
 }
 
 /// Moves every v2 visitor under their pseudonym, with a key of their own
@@ -656,17 +702,25 @@ impl Store for RedbStore {
         })
     }
 
-    async fn load_many(
+    async fn load_standing(&self, visitor: &VisitorId) -> Result<Option<Standing>, StoreError> {
+        self.shared.read(|db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(VISITORS).map_err(unavailable)?;
+            self.shared.read_standing(&table, visitor)
+        })
+    }
+
+    async fn load_standings(
         &self,
         visitors: &[&VisitorId],
-    ) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
+    ) -> Vec<Result<Option<Standing>, StoreError>> {
         // One read transaction for the whole batch.
         let all = self.shared.read(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(VISITORS).map_err(unavailable)?;
             Ok(visitors
                 .iter()
-                .map(|v| self.shared.read_record(&table, v))
+                .map(|v| self.shared.read_standing(&table, v))
                 .collect::<Vec<_>>())
         });
         match all {
@@ -1347,6 +1401,8 @@ fn purge(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::VecDeque;
+
     use crate::domain::{Event, VisitorId};
     use crate::scoring::Aggregate;
 
@@ -1411,6 +1467,10 @@ mod tests {
         let t0 = Millis::from_unix_millis(1_767_225_600_000);
         let mut record = VisitorRecord::new(&taxonomy, t0);
         record.aggregate.apply(&taxonomy, &Event::new(view, t0));
+        record.timeline.record(view, t0);
+        record
+            .seen_ids
+            .push_back(crate::domain::event::stable_hash("event-v2"));
         record.next_seq = 1;
         let event = StoredEvent {
             seq: 0,
@@ -1429,7 +1489,22 @@ mod tests {
                 meta.insert("format", FORMAT_V2).unwrap();
                 meta.insert("taxonomy", taxonomy.fingerprint()).unwrap();
                 let mut visitors = txn.open_table(VISITORS).unwrap();
-                let bytes = encode_record(&record).unwrap();
+                // Layout v2: the record's fields in their old order.
+                #[derive(serde::Serialize)]
+                struct V2<'a>(
+                    &'a Aggregate,
+                    &'a crate::scoring::Timeline,
+                    u64,
+                    &'a VecDeque<u64>,
+                );
+                let header = t0.as_unix_millis().to_le_bytes().to_vec();
+                let v2 = V2(
+                    &record.aggregate,
+                    &record.timeline,
+                    record.next_seq,
+                    &record.seen_ids,
+                );
+                let bytes = postcard::to_extend(&v2, header).unwrap();
                 visitors.insert("v2-visitor", bytes.as_slice()).unwrap();
                 let mut events = txn.open_table(EVENTS).unwrap();
                 let raw = encode_event(&event).unwrap();
@@ -1451,6 +1526,8 @@ mod tests {
         let snapshot = store.snapshot(&visitor).await.unwrap().expect("kept");
         assert_eq!(snapshot.record, record);
         assert_eq!(snapshot.recent, vec![event]);
+        let standing = store.load_standing(&visitor).await.unwrap();
+        assert_eq!(standing, Some(Standing::from(record)));
         let chunk = store
             .scan(&ScanRange::default(), None, t0, 10)
             .await
@@ -1499,7 +1576,7 @@ mod tests {
             .expect("kept");
         let kinds: Vec<&str> = snapshot.recent.iter().map(|e| e.kind.as_str()).collect();
         assert_eq!(kinds, ["add_to_cart", "view_item"]);
-        // Upgraded once: reopening finds v3 and changes nothing.
+        // Upgraded once: reopening finds the current format and changes nothing.
         drop(store);
         let again = RedbStore::open(dir.path(), taxonomy, limits).unwrap();
         assert_eq!(again.segments().await.unwrap(), Vec::new());

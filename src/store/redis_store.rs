@@ -46,12 +46,12 @@ use tokio::sync::mpsc;
 use crate::domain::{Millis, NewEvent, Taxonomy, VisitorId};
 
 use super::record::{
-    decode as decode_record, decode_event, decode_segment, encode as encode_record, encode_event,
-    encode_segment, last_seen,
+    decode_event, decode_layout, decode_segment, decode_standing, encode as encode_record,
+    encode_event, encode_segment, last_seen, upgrade_v2, Layout,
 };
 use super::{
-    ModelNote, Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Store,
-    StoreError, StoreLimits, Ticket, Tracked, VisitorRecord,
+    ModelNote, Purged, Reply, SavedSegment, ScanChunk, ScanRange, SegmentWrite, Snapshot, Standing,
+    Store, StoreError, StoreLimits, Ticket, Tracked, VisitorRecord,
 };
 
 /// What `Pmeta` says the keys hold.
@@ -274,6 +274,14 @@ impl ConnectionLike for Conn {
 /// Characters of the version token at the head of a stored record.
 const VERSION_LEN: usize = 16;
 
+/// A stored value split at its version, or the reason it cannot be.
+fn split<'a>(visitor: &str, stored: &'a [u8]) -> Result<Stored<'a>, StoreError> {
+    split_stored(stored).ok_or_else(|| StoreError::Corrupt {
+        visitor: visitor.to_string(),
+        reason: "stored record shorter than its version".into(),
+    })
+}
+
 /// Writes the record (and the ring) only if its version is still what the
 /// writer read. KEYS: record, ring, index. ARGV: expected version ('' for
 /// none), '1' to erase first (a Forget), the new stored record (version
@@ -303,10 +311,38 @@ const SNAPSHOT: &str = r"
 return {redis.call('GET', KEYS[1]) or '', redis.call('HGETALL', KEYS[2])}
 ";
 
-/// A stored record's version token and record bytes; `None` for a value
-/// too short to hold a version.
-fn split_stored(stored: &[u8]) -> Option<(&[u8], &[u8])> {
-    (stored.len() >= VERSION_LEN).then(|| stored.split_at(VERSION_LEN))
+/// A stored value split: the version token and the record bytes.
+#[derive(Clone, Copy)]
+struct Stored<'a> {
+    version: &'a [u8],
+    bytes: &'a [u8],
+}
+
+impl Stored<'_> {
+    /// Tokens written with record layout v3 begin with `v`, never a hex
+    /// digit as before: a record last written by an older rung is read in
+    /// layout v2 until its next write rewrites it.
+    fn layout(&self) -> Layout {
+        if self.version.first() == Some(&b'v') {
+            Layout::V3
+        } else {
+            Layout::V2
+        }
+    }
+}
+
+/// A stored value's version token and record; `None` for a value too short
+/// to hold a version.
+fn split_stored(stored: &[u8]) -> Option<Stored<'_>> {
+    (stored.len() >= VERSION_LEN).then(|| {
+        let (version, bytes) = stored.split_at(VERSION_LEN);
+        Stored { version, bytes }
+    })
+}
+
+/// A fresh version token, marking the record after it as layout v3.
+fn new_version() -> String {
+    format!("v{:015x}", rand::random::<u64>() >> 4)
 }
 
 /// Erases a visitor if it is still inactive. KEYS: record, ring, index.
@@ -603,8 +639,8 @@ impl Inner {
         Ok(())
     }
 
-    fn decode(&self, visitor: &str, bytes: &[u8]) -> Result<VisitorRecord, StoreError> {
-        decode_record(visitor, bytes, &self.taxonomy)
+    fn decode(&self, visitor: &str, stored: Stored) -> Result<VisitorRecord, StoreError> {
+        decode_layout(visitor, stored.bytes, &self.taxonomy, stored.layout())
     }
 
     /// The latest model announced, if any (read errors are logged: the
@@ -637,11 +673,25 @@ impl Inner {
 
     /// A stored record (version, then record) decoded.
     fn decode_stored(&self, visitor: &str, stored: &[u8]) -> Result<VisitorRecord, StoreError> {
-        let (_, bytes) = split_stored(stored).ok_or_else(|| StoreError::Corrupt {
-            visitor: visitor.to_string(),
-            reason: "stored record shorter than its version".into(),
-        })?;
-        self.decode(visitor, bytes)
+        self.decode(visitor, split(visitor, stored)?)
+    }
+
+    async fn load_standing(&self, visitor: &str) -> Result<Option<Standing>, StoreError> {
+        let stored: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.record(visitor))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(|e| self.unavailable(&e))?;
+        let Some(stored) = stored else {
+            return Ok(None);
+        };
+        let stored = split(visitor, &stored)?;
+        match stored.layout() {
+            Layout::V3 => decode_standing(visitor, stored.bytes, &self.taxonomy).map(Some),
+            Layout::V2 => self
+                .decode(visitor, stored)
+                .map(|r| Some(Standing::from(r))),
+        }
     }
 
     /// Applies one visitor's queued writes, in order, with one read and one
@@ -665,11 +715,9 @@ impl Inner {
             }
         };
         for attempt in 1..=MAX_ATTEMPTS {
-            let (version, bytes) = match split_stored(&stored) {
-                Some((version, bytes)) => (version, bytes),
-                None => (&[][..], &[][..]),
-            };
-            let plan = self.plan(v, bytes, &mut jobs);
+            let read = split_stored(&stored);
+            let version = read.map_or(&[][..], |s| s.version);
+            let plan = self.plan(v, read, &mut jobs);
             if !plan.write {
                 // Nothing changes (redeliveries only): nothing to write.
                 jobs.into_iter().for_each(JobKind::finish);
@@ -726,11 +774,10 @@ impl Inner {
 
     /// What a visitor's jobs do to the state read (`bytes`, empty for
     /// none); each job notes its own outcome.
-    fn plan(&self, visitor: &str, bytes: &[u8], jobs: &mut [JobKind]) -> Plan {
-        let mut record: Result<Option<VisitorRecord>, StoreError> = if bytes.is_empty() {
-            Ok(None)
-        } else {
-            self.decode(visitor, bytes).map(Some)
+    fn plan(&self, visitor: &str, read: Option<Stored>, jobs: &mut [JobKind]) -> Plan {
+        let mut record: Result<Option<VisitorRecord>, StoreError> = match read {
+            None => Ok(None),
+            Some(stored) => self.decode(visitor, stored).map(Some),
         };
         let ring_size = u64::from(self.limits.recent_events.max(1));
         let mut plan = Plan {
@@ -793,7 +840,7 @@ impl Inner {
                 Ok(b) => {
                     plan.last_seen = last_seen(&b);
                     let mut stored = Vec::with_capacity(VERSION_LEN + b.len());
-                    stored.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
+                    stored.extend_from_slice(new_version().as_bytes());
                     stored.extend_from_slice(&b);
                     plan.stored = Some(stored);
                 }
@@ -957,12 +1004,21 @@ impl Store for RedisStore {
         self.inner.load(visitor.as_str()).await
     }
 
-    async fn load_many(
+    async fn load_standing(&self, visitor: &VisitorId) -> Result<Option<Standing>, StoreError> {
+        self.inner.load_standing(visitor.as_str()).await
+    }
+
+    async fn load_standings(
         &self,
         visitors: &[&VisitorId],
-    ) -> Vec<Result<Option<VisitorRecord>, StoreError>> {
+    ) -> Vec<Result<Option<Standing>, StoreError>> {
         // Concurrent calls share the connection's pipeline.
-        join_all(visitors.iter().map(|v| self.inner.load(v.as_str()))).await
+        join_all(
+            visitors
+                .iter()
+                .map(|v| self.inner.load_standing(v.as_str())),
+        )
+        .await
     }
 
     async fn snapshot(&self, visitor: &VisitorId) -> Result<Option<Snapshot>, StoreError> {
@@ -1270,12 +1326,22 @@ impl Store for RedisStore {
             for (id, s) in ids.into_iter().zip(stored?) {
                 // Gone since the index was read (forgotten or purged): skipped.
                 let Some(s) = s else { continue };
-                let Some((_, record)) = split_stored(&s) else {
+                let Some(stored) = split_stored(&s) else {
                     tracing::warn!(visitor_id = %id, "a stored record shorter than its version left out");
                     continue;
                 };
-                if last_seen(record) >= since {
-                    chunk.push(&id, record);
+                if last_seen(stored.bytes) < since {
+                    continue;
+                }
+                match stored.layout() {
+                    Layout::V3 => chunk.push(&id, stored.bytes),
+                    // Scans hand on the current layout only; a record that
+                    // cannot be upgraded goes on as it is, to be reported
+                    // corrupt where it is decoded.
+                    Layout::V2 => match upgrade_v2(&id, stored.bytes, &inner.taxonomy) {
+                        Ok(b) => chunk.push(&id, &b),
+                        Err(_) => chunk.push(&id, stored.bytes),
+                    },
                 }
             }
         }
