@@ -48,7 +48,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .compile_fds(wire)?;
 
     // IntentService's server reads its Score and Track requests with
-    // src/grpc/request.rs; everything else is the public API's own types.
+    // src/grpc/request.rs and writes their answers with src/grpc/response.rs;
+    // everything else is the public API's own types.
     let intent = protox::compile(["rung/v1/intent.proto"], ["proto"])?;
     let server_out = out.join("intent_server");
     fs::create_dir_all(&server_out)?;
@@ -61,6 +62,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         server = server.extern_path(
             format!(".rung.v1.{message}"),
             format!("crate::grpc::request::{message}"),
+        );
+    }
+    for message in ["ScoreResponse", "ScoreBatchResponse", "TrackResponse"] {
+        server = server.extern_path(
+            format!(".rung.v1.{message}"),
+            format!("crate::grpc::response::{message}"),
         );
     }
     server.out_dir(&server_out).compile_fds(intent)?;

@@ -196,6 +196,33 @@ fn handler(c: &mut Criterion) {
             black_box(resp.into_inner().encode_to_vec())
         })
     });
+    // The answer alone: a batch's scores through the public messages (a
+    // String per name) next to the server's writing of them.
+    let queries = rt.block_on(async {
+        let req = request::ScoreBatchRequest::decode(batch.clone()).unwrap();
+        api.score_batch(tonic::Request::new(req)).await.unwrap()
+    });
+    let scores = queries.into_inner().0;
+    group.bench_function("ScoreBatch(100) response, public messages", |b| {
+        b.iter_batched(
+            || scores.clone(),
+            |s| {
+                let results = s
+                    .into_iter()
+                    .map(rung::grpc::convert::score_response)
+                    .collect();
+                black_box(proto::ScoreBatchResponse { results }.encode_to_vec())
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("ScoreBatch(100) response", |b| {
+        b.iter_batched(
+            || scores.clone(),
+            |s| black_box(rung::grpc::response::ScoreBatchResponse(s).encode_to_vec()),
+            criterion::BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use foldhash::fast::FixedState;
 use serde::{Deserialize, Serialize};
@@ -108,6 +109,8 @@ pub struct Taxonomy {
     /// requests, so hash flooding has nothing to grow.
     by_name: HashMap<String, TypeId, FixedState>,
     milestones: Vec<TypeId>,
+    /// The milestones' names, shared: every score names the rung reached.
+    milestone_names: Vec<Arc<str>>,
     roles: Roles,
     score_scale: f64,
     session_gap_ms: f64,
@@ -334,10 +337,15 @@ impl Taxonomy {
             .collect();
         let fingerprint = fingerprint_of(&signature, &roles, &types, raw.ladder.score_scale, gap);
 
+        let milestone_names = milestones
+            .iter()
+            .map(|id: &TypeId| Arc::from(types[id.index()].name.as_str()))
+            .collect();
         Ok(Taxonomy {
             types,
             by_name,
             milestones,
+            milestone_names,
             roles,
             score_scale: raw.ladder.score_scale,
             session_gap_ms: gap * 60_000.0,
@@ -374,6 +382,12 @@ impl Taxonomy {
     }
 
     /// The milestone at a 1-based rank.
+    /// The name of the milestone at a rank, shared (no copy per call).
+    pub fn milestone_name(&self, rank: u8) -> Option<&Arc<str>> {
+        let i = usize::from(rank).checked_sub(1)?;
+        self.milestone_names.get(i)
+    }
+
     pub fn milestone_at(&self, rank: u8) -> Option<&EventType> {
         let i = usize::from(rank).checked_sub(1)?;
         self.milestones.get(i).map(|id| self.get(*id))

@@ -50,7 +50,7 @@ pub struct TrackQuery {
 /// A feature's value and its share of the log-odds.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reason {
-    pub feature: String,
+    pub feature: Arc<str>,
     pub contribution: f64,
     pub value: f64,
 }
@@ -63,13 +63,13 @@ pub struct Score {
     pub log_odds: f64,
     pub ladder: Ladder,
     /// Name of the highest milestone reached, if any.
-    pub rung: Option<String>,
+    pub rung: Option<Arc<str>>,
     pub stage: Stage,
     pub band: Band,
     pub reasons: Vec<Reason>,
     /// Every feature, when the query asked to explain.
     pub features: Vec<Reason>,
-    pub model_version: String,
+    pub model_version: Arc<str>,
     pub ignored_after_as_of: u32,
     pub ignored_unknown_type: u32,
     pub ignored_duplicate: u32,
@@ -395,14 +395,14 @@ impl Engine {
             log_odds: prediction.log_odds,
             rung: self
                 .taxonomy
-                .milestone_at(obs.ladder.milestone_rank)
-                .map(|t| t.name.clone()),
+                .milestone_name(obs.ladder.milestone_rank)
+                .cloned(),
             stage: obs.ladder.stage,
             band: self.band(prediction.probability),
             ladder: obs.ladder,
             reasons,
             features,
-            model_version: model.version().to_string(),
+            model_version: model.shared_version().clone(),
             ignored_after_as_of: after_as_of as u32,
             ignored_unknown_type: q.ignored_unknown_type,
             ignored_duplicate: dup,

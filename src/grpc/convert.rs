@@ -376,7 +376,7 @@ pub fn band(b: Band) -> proto::Band {
 
 fn reason(r: Reason) -> proto::Reason {
     proto::Reason {
-        feature: r.feature,
+        feature: r.feature.to_string(),
         contribution: r.contribution,
         value: r.value,
     }
@@ -389,11 +389,11 @@ pub fn score_response(s: Score) -> proto::ScoreResponse {
         probability: s.probability,
         ladder_points: s.ladder.points,
         ladder_score: s.ladder.score,
-        rung: s.rung.unwrap_or_default(),
+        rung: s.rung.map(|r| r.to_string()).unwrap_or_default(),
         stage: stage(s.stage) as i32,
         band: band(s.band) as i32,
         reasons: s.reasons.into_iter().map(reason).collect(),
-        model_version: s.model_version,
+        model_version: s.model_version.to_string(),
         ignored_events: ignored,
         ignored_after_as_of: s.ignored_after_as_of,
         ignored_unknown_type: s.ignored_unknown_type,
@@ -489,7 +489,12 @@ pub fn model_response(state: &ModelState) -> proto::GetModelResponse {
     let card = &d.card;
     proto::GetModelResponse {
         version: d.version().to_string(),
-        feature_names: d.model.feature_names().to_vec(),
+        feature_names: d
+            .model
+            .feature_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect(),
         metrics: Some(proto::ModelMetrics {
             validation: Some(model_figures(&card.metrics.validation)),
             ladder_baseline: Some(model_figures(&card.metrics.ladder_baseline)),

@@ -11,9 +11,10 @@ use super::convert::{self, ParseContext};
 use super::intent_server::intent_service_server::IntentService;
 use super::proto::{
     ForgetVisitorRequest, ForgetVisitorResponse, GetVisitorRequest, GetVisitorResponse, Rejection,
-    ScoreBatchResponse, ScoreResponse, TrackResponse, TrackSummary,
+    TrackSummary,
 };
 use super::request::{ScoreBatchRequest, ScoreRequest, TrackRequest};
+use super::response::{ScoreBatchResponse, ScoreResponse, TrackResponse};
 
 pub struct IntentApi {
     engine: Arc<Engine>,
@@ -64,7 +65,7 @@ impl IntentService for IntentApi {
         let now = Millis::now();
         let query = convert::score_query(request.get_ref(), &self.context(now))?;
         let score = self.engine.score(query, now).await?;
-        Ok(Response::new(convert::score_response(score)))
+        Ok(Response::new(ScoreResponse(score)))
     }
 
     async fn score_batch(
@@ -73,14 +74,8 @@ impl IntentService for IntentApi {
     ) -> Result<Response<ScoreBatchResponse>, Status> {
         let now = Millis::now();
         let queries = convert::score_batch(request.get_ref(), &self.context(now))?;
-        let results = self
-            .engine
-            .score_batch(queries, now)
-            .await?
-            .into_iter()
-            .map(convert::score_response)
-            .collect();
-        Ok(Response::new(ScoreBatchResponse { results }))
+        let results = self.engine.score_batch(queries, now).await?;
+        Ok(Response::new(ScoreBatchResponse(results)))
     }
 
     async fn track(
@@ -93,7 +88,7 @@ impl IntentService for IntentApi {
         Ok(Response::new(TrackResponse {
             accepted: tracked.accepted,
             duplicates: tracked.duplicates,
-            score: Some(convert::score_response(tracked.score)),
+            score: tracked.score,
         }))
     }
 

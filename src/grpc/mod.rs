@@ -10,6 +10,7 @@ pub mod edge;
 pub mod intent_api;
 pub mod model_api;
 pub mod request;
+pub mod response;
 pub mod status;
 
 /// Code generated from `proto/rung/v1/*.proto`.
@@ -35,8 +36,9 @@ pub mod wire {
         include_bytes!(concat!(env!("OUT_DIR"), "/wire/descriptor.bin"));
 }
 
-/// `IntentService`'s server, generated over the [`request`] messages;
-/// responses and everything else are [`proto`]'s types.
+/// `IntentService`'s server, generated over the [`request`] messages and
+/// the [`response`] messages of the Score path; everything else is
+/// [`proto`]'s types.
 pub mod intent_server {
     #![allow(clippy::all, missing_docs)]
     include!(concat!(env!("OUT_DIR"), "/intent_server/rung.v1.rs"));

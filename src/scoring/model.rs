@@ -4,6 +4,8 @@
 //! feature's contribution relative to the average training visitor, so the
 //! terms plus the intercept add up to the log-odds exactly.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::domain::taxonomy::TypeSignature;
@@ -115,8 +117,9 @@ impl ModelError {
 /// score costs one multiply-add per feature.
 #[derive(Debug, Clone)]
 pub struct Model {
-    version: String,
-    feature_names: Vec<String>,
+    // Shared: every score names the model and its features.
+    version: Arc<str>,
+    feature_names: Vec<Arc<str>>,
     means: Vec<f64>,
     /// coefficientᵢ / scaleᵢ.
     weights: Vec<f64>,
@@ -204,8 +207,12 @@ impl Model {
                 .map(|(w, m)| w * m)
                 .sum::<f64>();
         Ok(Model {
-            version: a.version.clone(),
-            feature_names: a.feature_names.clone(),
+            version: Arc::from(a.version.as_str()),
+            feature_names: a
+                .feature_names
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect(),
             means: a.means.clone(),
             weights,
             bias,
@@ -217,7 +224,12 @@ impl Model {
         &self.version
     }
 
-    pub fn feature_names(&self) -> &[String] {
+    /// The version, shared.
+    pub fn shared_version(&self) -> &Arc<str> {
+        &self.version
+    }
+
+    pub fn feature_names(&self) -> &[Arc<str>] {
         &self.feature_names
     }
 
