@@ -58,15 +58,7 @@ generated() {
   echo "$end"
 }
 
+# Captured whole first: a run that fails part-way changes nothing.
 block=$(generated)
-if [[ -f $out ]] && grep -qF "$begin" "$out" && grep -qF "$end" "$out"; then
-  # Replace the old block, keep the prose around it.
-  BLOCK="$block" awk -v b="$begin" -v e="$end" '
-    $0 == b { print ENVIRON["BLOCK"]; skip = 1; next }
-    $0 == e { skip = 0; next }
-    !skip' "$out" >"$out.tmp"
-else
-  { echo "# Benchmarks"; echo; echo "$block"; } >"$out.tmp"
-fi
-mv "$out.tmp" "$out"
+printf '%s\n' "$block" | scripts/replace-block.py "$out" "$begin" "$end" "Latest figures"
 echo "wrote $out"

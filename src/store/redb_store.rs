@@ -19,8 +19,9 @@
 //! sealed, so they are unreadable once the key is gone.
 //!
 //! Tables (`row` is the visitor's pseudonym, [`Pseudonyms::row`]):
-//! - `visitors`: row → last-seen (8 bytes, little-endian unix ms, so a
-//!   purge can skip decoding) + the postcard-encoded [`VisitorRecord`];
+//! - `visitors`: row → the record's bytes ([`super::record::encode`]: the
+//!   last-seen time, so a purge can skip decoding, then the record in
+//!   layout v3);
 //! - `identities`: row → key slot (8 bytes, little-endian) + the sealed
 //!   visitor id (scans hand ids back);
 //! - `events`: (row, ring slot) → sealed postcard-encoded [`StoredEvent`];
@@ -32,6 +33,8 @@
 //! each visitor's timeline from its kept raw events, once, in one
 //! transaction. v2 kept ids and raw events in the clear; opening a v2 file
 //! seals them (and compacts the file once, so less of the old bytes stay).
+//! Files before v4 hold records in layout v2; opening one rewrites every
+//! record in layout v3, in the same transaction as the rest of the upgrade.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
