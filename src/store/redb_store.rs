@@ -186,16 +186,26 @@ impl Shared {
         }
     }
 
+    /// A visitor's row in the visitors table, read with `decode`.
+    fn read_row<T>(
+        &self,
+        table: &impl ReadableTable<&'static str, &'static [u8]>,
+        visitor: &VisitorId,
+        decode: impl FnOnce(&str, &[u8], &Taxonomy) -> Result<T, StoreError>,
+    ) -> Result<Option<T>, StoreError> {
+        let row = self.names.row(visitor.as_str());
+        let Some(value) = table.get(row.as_str()).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        decode(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
+    }
+
     fn read_record(
         &self,
         table: &impl ReadableTable<&'static str, &'static [u8]>,
         visitor: &VisitorId,
     ) -> Result<Option<VisitorRecord>, StoreError> {
-        let row = self.names.row(visitor.as_str());
-        let Some(value) = table.get(row.as_str()).map_err(unavailable)? else {
-            return Ok(None);
-        };
-        decode_record(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
+        self.read_row(table, visitor, decode_record)
     }
 
     fn read_standing(
@@ -203,11 +213,7 @@ impl Shared {
         table: &impl ReadableTable<&'static str, &'static [u8]>,
         visitor: &VisitorId,
     ) -> Result<Option<Standing>, StoreError> {
-        let row = self.names.row(visitor.as_str());
-        let Some(value) = table.get(row.as_str()).map_err(unavailable)? else {
-            return Ok(None);
-        };
-        decode_standing(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
+        self.read_row(table, visitor, decode_standing)
     }
 
     /// A visitor's key slot and sealed id, from their identity row.

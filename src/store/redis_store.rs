@@ -662,12 +662,17 @@ impl Inner {
         }
     }
 
-    async fn load(&self, visitor: &str) -> Result<Option<VisitorRecord>, StoreError> {
-        let stored: Option<Vec<u8>> = redis::cmd("GET")
+    /// A visitor's stored value (version, then record), if any.
+    async fn get_stored(&self, visitor: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        redis::cmd("GET")
             .arg(self.keys.record(visitor))
             .query_async(&mut self.conn())
             .await
-            .map_err(|e| self.unavailable(&e))?;
+            .map_err(|e| self.unavailable(&e))
+    }
+
+    async fn load(&self, visitor: &str) -> Result<Option<VisitorRecord>, StoreError> {
+        let stored = self.get_stored(visitor).await?;
         stored.map(|s| self.decode_stored(visitor, &s)).transpose()
     }
 
@@ -677,12 +682,7 @@ impl Inner {
     }
 
     async fn load_standing(&self, visitor: &str) -> Result<Option<Standing>, StoreError> {
-        let stored: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(self.keys.record(visitor))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.unavailable(&e))?;
-        let Some(stored) = stored else {
+        let Some(stored) = self.get_stored(visitor).await? else {
             return Ok(None);
         };
         let stored = split(visitor, &stored)?;
