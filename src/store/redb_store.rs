@@ -200,22 +200,6 @@ impl Shared {
         decode(visitor.as_str(), value.value(), &self.taxonomy).map(Some)
     }
 
-    fn read_record(
-        &self,
-        table: &impl ReadableTable<&'static str, &'static [u8]>,
-        visitor: &VisitorId,
-    ) -> Result<Option<VisitorRecord>, StoreError> {
-        self.read_row(table, visitor, decode_record)
-    }
-
-    fn read_standing(
-        &self,
-        table: &impl ReadableTable<&'static str, &'static [u8]>,
-        visitor: &VisitorId,
-    ) -> Result<Option<Standing>, StoreError> {
-        self.read_row(table, visitor, decode_standing)
-    }
-
     /// A visitor's key slot and sealed id, from their identity row.
     fn identity(
         table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -707,7 +691,7 @@ impl Store for RedbStore {
         self.shared.read(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(VISITORS).map_err(unavailable)?;
-            self.shared.read_record(&table, visitor)
+            self.shared.read_row(&table, visitor, decode_record)
         })
     }
 
@@ -715,7 +699,7 @@ impl Store for RedbStore {
         self.shared.read(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(VISITORS).map_err(unavailable)?;
-            self.shared.read_standing(&table, visitor)
+            self.shared.read_row(&table, visitor, decode_standing)
         })
     }
 
@@ -729,7 +713,7 @@ impl Store for RedbStore {
             let table = txn.open_table(VISITORS).map_err(unavailable)?;
             Ok(visitors
                 .iter()
-                .map(|v| self.shared.read_standing(&table, v))
+                .map(|v| self.shared.read_row(&table, v, decode_standing))
                 .collect::<Vec<_>>())
         });
         match all {
@@ -742,7 +726,7 @@ impl Store for RedbStore {
         self.shared.read(|db| {
             let txn = db.begin_read().map_err(unavailable)?;
             let visitors = txn.open_table(VISITORS).map_err(unavailable)?;
-            let Some(record) = self.shared.read_record(&visitors, visitor)? else {
+            let Some(record) = self.shared.read_row(&visitors, visitor, decode_record)? else {
                 return Ok(None);
             };
             let row = self.shared.names.row(visitor.as_str());
