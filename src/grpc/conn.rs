@@ -177,8 +177,13 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
     }
 
+    /// Says no, though the socket could: h2 then copies every DATA frame
+    /// under 1 KiB into its write buffer instead of chaining frames of 256
+    /// bytes and more, which makes it flush each such answer on its own.
+    /// A Score's answer (about 300 bytes) took 1.5 `writev` calls a call,
+    /// Health's 0.5; now both share writes (BENCHMARKS.md, issue 13).
     fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
