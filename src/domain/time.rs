@@ -57,12 +57,29 @@ impl Millis {
         Millis(ms)
     }
 
-    /// Reads RFC 3339 UTC text such as [`Millis::to_rfc3339`] writes
-    /// (`2023-11-14T22:13:20.005Z`); `None` for anything else.
+    /// Reads RFC 3339 text: UTC as [`Millis::to_rfc3339`] writes it
+    /// (`2023-11-14T22:13:20.005Z`) or with an offset
+    /// (`2017-12-01T00:00:00+08:00`); `None` for anything else.
     pub fn parse_rfc3339(text: &str) -> Option<Millis> {
-        humantime::parse_rfc3339(text)
-            .ok()
-            .map(Millis::from_system_time)
+        Self::parse_rfc3339_with(text, |t| humantime::parse_rfc3339(t).ok())
+    }
+
+    /// As [`Millis::parse_rfc3339`], but also with a space for the `T` and
+    /// without a zone (`2019-10-01 00:00:00`, read as UTC): what logs hold.
+    pub fn parse_rfc3339_lenient(text: &str) -> Option<Millis> {
+        Self::parse_rfc3339_with(text, |t| humantime::parse_rfc3339_weak(t).ok())
+    }
+
+    /// Splits a numeric offset off the end, reads the rest as UTC with
+    /// `read`, and moves the instant by the offset.
+    fn parse_rfc3339_with(text: &str, read: impl Fn(&str) -> Option<SystemTime>) -> Option<Millis> {
+        let text = text.trim();
+        let (utc, offset_ms) = match split_offset(text) {
+            Some((rest, offset)) => (format!("{rest}Z"), offset),
+            None => (text.to_string(), 0),
+        };
+        let ms = Millis::from_system_time(read(&utc)?).0;
+        Some(Millis(ms.checked_sub(offset_ms)?))
     }
 
     pub const fn as_unix_millis(self) -> i64 {
@@ -94,6 +111,28 @@ impl Millis {
         let t = UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos as u32);
         humantime::format_rfc3339_millis(t).to_string()
     }
+}
+
+/// `2017-12-01T00:00:00+08:00` → (`2017-12-01T00:00:00`, +8 h in ms).
+/// Only after a time of day, so a date's own dashes are never taken.
+fn split_offset(text: &str) -> Option<(&str, i64)> {
+    let at = text.len().checked_sub(6)?;
+    let (rest, zone) = (text.get(..at)?, text.get(at..)?.as_bytes());
+    let digit = |i: usize| (zone[i] as char).to_digit(10).map(i64::from);
+    let sign = match zone[0] {
+        b'+' => 1,
+        b'-' => -1,
+        _ => return None,
+    };
+    if zone[3] != b':' || !rest.contains(':') {
+        return None;
+    }
+    let hours = digit(1)? * 10 + digit(2)?;
+    let minutes = digit(4)? * 10 + digit(5)?;
+    if hours > 23 || minutes > 59 {
+        return None;
+    }
+    Some((rest, sign * (hours * 60 + minutes) * 60_000))
 }
 
 #[cfg(test)]
@@ -133,5 +172,27 @@ mod tests {
         assert_eq!(Millis::parse_rfc3339("2023-11-14T22:13:20.005Z"), Some(m));
         assert_eq!(Millis::parse_rfc3339(&m.to_rfc3339()), Some(m));
         assert_eq!(Millis::parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn rfc3339_offsets_move_the_instant_to_utc() {
+        // 2017-12-01T00:00:00+08:00 is 2017-11-30T16:00:00Z: 1512057600 s.
+        let utc = Some(Millis::from_unix_millis(1_512_057_600_000));
+        assert_eq!(Millis::parse_rfc3339("2017-11-30T16:00:00Z"), utc);
+        assert_eq!(Millis::parse_rfc3339("2017-12-01T00:00:00+08:00"), utc);
+        assert_eq!(Millis::parse_rfc3339("2017-11-30T10:30:00-05:30"), utc);
+        assert_eq!(Millis::parse_rfc3339("2017-11-30T16:00:00+00:00"), utc);
+        assert_eq!(
+            Millis::parse_rfc3339_lenient("2017-12-01 00:00:00+08:00"),
+            utc
+        );
+        assert_eq!(Millis::parse_rfc3339_lenient("2017-11-30 16:00:00"), utc);
+        for bad in [
+            "2017-12-01T00:00:00+24:00",
+            "2017-12-01T00:00:00+8:000",
+            "2017-12-01",
+        ] {
+            assert_eq!(Millis::parse_rfc3339(bad), None, "{bad}");
+        }
     }
 }
