@@ -62,6 +62,9 @@ enum Command {
     /// Train a model from an event log (or a feature table) and write the
     /// artifact, a metrics file and plots.
     Train(Box<offline::TrainArgs>),
+    /// Write the point-in-time training set rung train would fit, as CSV:
+    /// one row per example with its part, label, ladder score and features.
+    Examples(Box<offline::ExamplesArgs>),
     /// Judge an existing model on an event log, next to the ladder alone.
     Evaluate(Box<offline::EvaluateArgs>),
     /// Propose ladder points per event type from a fitted model (TOML).
@@ -154,6 +157,10 @@ fn main() -> anyhow::Result<()> {
             rung::telemetry::init(LogFormat::Human, "warn");
             offline::train(*args)
         }
+        Command::Examples(args) => {
+            rung::telemetry::init(LogFormat::Human, "warn");
+            offline::examples(*args)
+        }
         Command::Evaluate(args) => {
             rung::telemetry::init(LogFormat::Human, "warn");
             offline::evaluate(*args)
@@ -210,6 +217,19 @@ async fn shutdown_signal() {
 /// Writes to a temporary file beside `path`, syncs, then renames over it, so
 /// a reader sees the old file or the new one, never half of one.
 pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
+    write_atomically_with(path, |w| {
+        use std::io::Write;
+        w.write_all(text.as_bytes())?;
+        w.write_all(b"\n")?;
+        Ok(())
+    })
+}
+
+/// As [`write_atomically`], with `write` streaming the content.
+pub(crate) fn write_atomically_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     use std::io::Write;
     let dir = path
         .parent()
@@ -220,11 +240,11 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
     ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.write_all(b"\n")?;
-    f.sync_all()?;
+    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut w = std::io::BufWriter::new(f);
+    write(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
+    w.flush()?;
+    w.get_ref().sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
     Ok(())
 }

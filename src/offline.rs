@@ -14,7 +14,7 @@ use rung::startup::load_taxonomy;
 use rung::training::eventlog::{self, Column, EventLog, FileFormat, Mapping, Preset, TimeUnit};
 use rung::training::examples::{build, data_end, Cutoffs};
 use rung::training::pipeline::{self, ClassWeight, Progress, TrainOptions, Validation};
-use rung::training::{evaluation, report};
+use rung::training::{evaluation, export, report};
 
 use super::write_atomically;
 
@@ -27,9 +27,11 @@ pub struct MappingArgs {
     /// A TOML mapping file (see README); flags below override it.
     #[arg(long)]
     mapping: Option<PathBuf>,
+    /// The file's format [default: the preset's].
     #[arg(long, value_enum)]
     format: Option<FileFormat>,
-    #[arg(long)]
+    /// CSV field separator: one character, or comma, semicolon, tab, pipe.
+    #[arg(long, value_parser = parse_delimiter)]
     delimiter: Option<char>,
     /// The CSV file has no header row (columns are then 0-based positions).
     #[arg(long)]
@@ -37,16 +39,22 @@ pub struct MappingArgs {
     /// Visitor id column (repeat for fallbacks, first non-empty wins).
     #[arg(long = "visitor-col")]
     visitor: Vec<String>,
+    /// Event time column.
     #[arg(long = "time-col")]
     time: Option<String>,
+    /// How event times are written.
     #[arg(long, value_enum)]
     time_unit: Option<TimeUnit>,
+    /// Event name column (names go through the taxonomy's aliases).
     #[arg(long = "event-col")]
     event: Option<String>,
+    /// Item (product) id column.
     #[arg(long = "item-col")]
     item: Option<String>,
+    /// Monetary value column.
     #[arg(long = "value-col")]
     value: Option<String>,
+    /// Event id column: a repeated id counts once.
     #[arg(long = "id-col")]
     event_id: Option<String>,
 }
@@ -106,11 +114,105 @@ fn parse_cutoffs(s: &str) -> Result<Cutoffs, String> {
         "session-end" => Ok(Cutoffs::SessionEnd),
         "page-view" => Ok(Cutoffs::PageView { seed: 7 }),
         _ => match s.strip_prefix("fixed:") {
-            Some(t) => eventlog::parse_time(t, TimeUnit::Auto)
+            Some(t) => eventlog::parse_time(t, TimeUnit::Text)
                 .map(Cutoffs::Fixed)
-                .ok_or_else(|| format!("cannot read the time {t:?}")),
+                .ok_or_else(|| {
+                    format!("cannot read the time {t:?} (RFC 3339, e.g. 2017-12-01T00:00:00+08:00)")
+                }),
             None => Err("expected session-end, page-view or fixed:<RFC 3339 time>".into()),
         },
+    }
+}
+
+fn parse_delimiter(s: &str) -> Result<char, String> {
+    match s {
+        "comma" => Ok(','),
+        "semicolon" => Ok(';'),
+        "tab" | "\\t" => Ok('\t'),
+        "pipe" => Ok('|'),
+        _ => match s.chars().collect::<Vec<_>>()[..] {
+            [c] if c.is_ascii() => Ok(c),
+            _ => Err("expected one ASCII character, or comma, semicolon, tab or pipe".into()),
+        },
+    }
+}
+
+/// A horizon in days: finite, above zero, at most ten years.
+fn parse_horizon(s: &str) -> Result<f64, String> {
+    let days: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of days"))?;
+    if days.is_finite() && days > 0.0 && days <= 3650.0 {
+        Ok(days)
+    } else {
+        Err(format!(
+            "{s} is not a horizon: expected days above 0 and at most 3650"
+        ))
+    }
+}
+
+/// A finite number above zero.
+fn parse_positive(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x > 0.0 => Ok(x),
+        _ => Err(format!("{s:?}: expected a number above 0")),
+    }
+}
+
+/// How examples are held out, as the flag names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum HeldOut {
+    /// Train on earlier cut-offs, validate and test on later ones.
+    Time,
+    /// k folds by visitor, figures from the pooled out-of-fold predictions.
+    Kfold,
+}
+
+/// Reading an event log and building point-in-time examples: the same for
+/// `rung train` and `rung examples`, so the export is the set training fits.
+#[derive(clap::Args, Debug)]
+pub struct ExampleArgs {
+    #[command(flatten)]
+    mapping: MappingArgs,
+    /// Where histories are cut into examples: session-end, page-view (a
+    /// random event of each session), or fixed:<RFC 3339 time> (one
+    /// cut-off for everyone).
+    #[arg(long, default_value = "session-end", value_parser = parse_cutoffs)]
+    cutoffs: Cutoffs,
+    /// The label: a purchase within this many days after the cut-off.
+    #[arg(long, default_value = "7", value_parser = parse_horizon)]
+    horizon_days: f64,
+    /// How examples are held out.
+    #[arg(long, value_enum, default_value = "time")]
+    validation: HeldOut,
+    /// With --validation kfold: how many folds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(2..=100))]
+    folds: u16,
+    /// Malformed rows tolerated (skipped and counted) before giving up.
+    #[arg(long, default_value_t = 0)]
+    max_bad_rows: usize,
+    /// A taxonomy TOML file [default: the built-in one].
+    #[arg(long)]
+    taxonomy: Option<PathBuf>,
+}
+
+impl ExampleArgs {
+    fn options(&self) -> TrainOptions {
+        TrainOptions {
+            horizon_days: self.horizon_days,
+            cutoffs: self.cutoffs.clone(),
+            validation: match self.validation {
+                HeldOut::Time => Validation::Time {
+                    validation_share: 0.15,
+                    test_share: 0.15,
+                },
+                HeldOut::Kfold => Validation::KFold {
+                    folds: usize::from(self.folds),
+                    seed: 7,
+                },
+            },
+            ..TrainOptions::default()
+        }
     }
 }
 
@@ -132,27 +234,19 @@ pub struct TrainArgs {
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
-    mapping: MappingArgs,
-    /// session-end, page-view, or fixed:<time> (one cut-off for everyone).
-    #[arg(long, default_value = "session-end", value_parser = parse_cutoffs)]
-    cutoffs: Cutoffs,
-    /// The label: a purchase within this many days after the cut-off.
-    #[arg(long, default_value_t = 7.0)]
-    horizon_days: f64,
-    /// time (train on earlier cut-offs, validate and test on later ones) or kfold.
-    #[arg(long, default_value = "time")]
-    validation: String,
-    #[arg(long, default_value_t = 5)]
-    folds: usize,
+    examples: ExampleArgs,
+    /// Also write the training set this run fits as CSV, as rung examples does.
+    #[arg(long, conflicts_with = "table")]
+    examples_out: Option<PathBuf>,
+    /// none, or balanced: positives weigh negatives ÷ positives, and the
+    /// intercept is corrected so probabilities stay calibrated.
     #[arg(long, value_enum, default_value = "none")]
     class_weight: ClassWeight,
-    /// Malformed rows tolerated (skipped and counted) before giving up.
-    #[arg(long, default_value_t = 0)]
-    max_bad_rows: usize,
     /// Fewer positive examples than this is an error.
     #[arg(long, default_value_t = 50)]
     min_positives: usize,
-    #[arg(long, default_value_t = 300)]
+    /// The solver's iteration limit per fit.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     max_iterations: u64,
     /// fused (the linfa-logistic objective with one multi-threaded pass for
     /// cost and gradient, and an evaluation budget) or linfa (linfa-logistic
@@ -160,12 +254,21 @@ pub struct TrainArgs {
     /// on degenerate data).
     #[arg(long, value_enum, default_value = "fused")]
     solver: pipeline::Solver,
-    /// A taxonomy TOML file [default: the built-in one].
-    #[arg(long)]
-    taxonomy: Option<PathBuf>,
     /// Write no SVG plots.
     #[arg(long)]
     no_plots: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExamplesArgs {
+    /// The event log (CSV or JSON Lines).
+    #[arg(long)]
+    events: PathBuf,
+    /// Where the CSV goes.
+    #[arg(long)]
+    out: PathBuf,
+    #[command(flatten)]
+    examples: ExampleArgs,
 }
 
 /// Progress bars on stderr for every step that can take a while.
@@ -231,12 +334,12 @@ fn read_log(
     max_bad_rows: usize,
     bars: &Bars,
 ) -> anyhow::Result<EventLog> {
+    let mapping = mapping.mapping()?;
     let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     bars.bytes("reading the event log", size);
-    let log = eventlog::read(path, &mapping.mapping()?, taxonomy, max_bad_rows, &|n| {
-        bars.set(n)
-    })?;
+    let log = eventlog::read(path, &mapping, taxonomy, max_bad_rows, &|n| bars.set(n));
     bars.done();
+    let log = log?;
     eprintln!(
         "read {} rows: {} events of {} visitors; {} rows with unmapped event names, {} filtered out, {} malformed (skipped)",
         log.rows,
@@ -246,23 +349,86 @@ fn read_log(
         log.filtered,
         log.bad_rows.len()
     );
-    if !log.unmapped.is_empty() {
-        let mut top: Vec<(&String, &u64)> = log.unmapped.iter().collect();
-        top.sort_by(|a, b| b.1.cmp(a.1));
-        let names: Vec<String> = top
-            .iter()
-            .take(10)
-            .map(|(n, c)| format!("{n:?} ×{c}"))
-            .collect();
+    if let Some((first, last)) = log.time_range() {
         eprintln!(
-            "unmapped event names (add aliases to the taxonomy): {}",
-            names.join(", ")
+            "events from {} to {} ({:.1} days)",
+            first.to_rfc3339(),
+            last.to_rfc3339(),
+            last.millis_since(first) / 86_400_000.0
         );
+    }
+    let per_type: Vec<String> = taxonomy
+        .types()
+        .iter()
+        .zip(log.events_per_type(taxonomy.types().len()))
+        .filter(|(_, n)| *n > 0)
+        .map(|(t, n)| format!("{} {n}", t.name))
+        .collect();
+    eprintln!("events per type: {}", per_type.join(", "));
+    if let Some(report) = log.unmapped_report() {
+        eprintln!("{report}");
     }
     for b in log.bad_rows.iter().take(5) {
         eprintln!("skipped line {}: {}", b.line, b.reason);
     }
     Ok(log)
+}
+
+/// Reads the log and builds its examples, with the parts they serve.
+fn prepare(
+    events: &Path,
+    args: &ExampleArgs,
+    opts: &TrainOptions,
+    bars: &Bars,
+) -> anyhow::Result<(Taxonomy, EventLog, pipeline::Prepared)> {
+    let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
+    let log = read_log(events, &args.mapping, &taxonomy, args.max_bad_rows, bars)?;
+    let prepared = pipeline::prepare(&taxonomy, &log.visitors, opts, bars)?;
+    Ok((taxonomy, log, prepared))
+}
+
+fn write_examples(
+    path: &Path,
+    prepared: &pipeline::Prepared,
+    log: &EventLog,
+) -> anyhow::Result<()> {
+    super::write_atomically_with(path, |w| {
+        export::write_csv(prepared, &log.visitors, w)?;
+        Ok(())
+    })?;
+    println!(
+        "wrote {}: {} examples × {} features",
+        path.display(),
+        prepared.examples.len(),
+        prepared.names.len()
+    );
+    Ok(())
+}
+
+pub fn examples(args: ExamplesArgs) -> anyhow::Result<()> {
+    let bars = Bars::new();
+    let opts = args.examples.options();
+    let (_, log, prepared) = prepare(&args.events, &args.examples, &opts, &bars)?;
+    write_examples(&args.out, &prepared, &log)?;
+    let parts = match opts.validation {
+        Validation::Time { .. } => [
+            pipeline::Part::Train,
+            pipeline::Part::Validation,
+            pipeline::Part::Test,
+            pipeline::Part::FinalOnly,
+            pipeline::Part::Unused,
+        ]
+        .iter()
+        .map(|&p| {
+            let (n, k) = prepared.count(p);
+            format!("{} {n} ({k} purchases)", p.name())
+        })
+        .collect::<Vec<_>>()
+        .join(", "),
+        Validation::KFold { folds, .. } => format!("{folds} folds"),
+    };
+    println!("split: {parts}");
+    Ok(())
 }
 
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
@@ -272,40 +438,26 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let Some(events) = &args.events else {
         bail!("--events or --table is required");
     };
-    let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
     let bars = Bars::new();
-    let log = read_log(events, &args.mapping, &taxonomy, args.max_bad_rows, &bars)?;
-    let validation = match args.validation.as_str() {
-        "time" => Validation::Time {
-            validation_share: 0.15,
-            test_share: 0.15,
-        },
-        "kfold" => Validation::KFold {
-            folds: args.folds,
-            seed: 7,
-        },
-        other => bail!("--validation {other:?}: expected time or kfold"),
-    };
-    let mut opts = TrainOptions {
-        horizon_days: args.horizon_days,
-        cutoffs: args.cutoffs.clone(),
-        validation,
-        class_weight: args.class_weight,
-        solver: args.solver,
-        description: format!(
-            "trained by rung train on {} ({} visitors, {} events)",
-            events
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("events"),
-            log.visitors.len(),
-            log.events
-        ),
-        ..TrainOptions::default()
-    };
+    let mut opts = args.examples.options();
+    opts.class_weight = args.class_weight;
+    opts.solver = args.solver;
     opts.fit.min_positives = args.min_positives;
     opts.fit.max_iterations = args.max_iterations;
-    let outcome = pipeline::train(&taxonomy, &log.visitors, &opts, Millis::now(), &bars)?;
+    let (taxonomy, log, prepared) = prepare(events, &args.examples, &opts, &bars)?;
+    opts.description = format!(
+        "trained by rung train on {} ({} visitors, {} events)",
+        events
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("events"),
+        log.visitors.len(),
+        log.events
+    );
+    if let Some(path) = &args.examples_out {
+        write_examples(path, &prepared, &log)?;
+    }
+    let outcome = pipeline::train(&taxonomy, &prepared, &opts, Millis::now(), &bars)?;
     write_atomically(&args.out, &serde_json::to_string_pretty(&outcome.artifact)?)?;
     let (metrics_path, report_dir) = report::paths_beside(&args.out);
     write_atomically(
@@ -341,8 +493,8 @@ fn train_table(args: &TrainArgs) -> anyhow::Result<()> {
     };
     let mut opts = tabular::TableOptions::new(table, label);
     opts.categorical = args.categorical.clone();
-    opts.folds = args.folds;
-    opts.max_bad_rows = args.max_bad_rows;
+    opts.folds = usize::from(args.examples.folds);
+    opts.max_bad_rows = args.examples.max_bad_rows;
     opts.max_iterations = args.max_iterations;
     let spinner = Bars::new();
     spinner.step("cross-validating and fitting", None);
@@ -380,19 +532,25 @@ fn train_table(args: &TrainArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct EvaluateArgs {
+    /// The model artifact (JSON) to judge.
     #[arg(long)]
     model: PathBuf,
+    /// The event log (CSV or JSON Lines).
     #[arg(long)]
     events: PathBuf,
     #[command(flatten)]
     mapping: MappingArgs,
+    /// Where histories are cut into examples: session-end, page-view, or
+    /// fixed:<RFC 3339 time>.
     #[arg(long, default_value = "session-end", value_parser = parse_cutoffs)]
     cutoffs: Cutoffs,
-    /// [default: the model's own horizon]
-    #[arg(long)]
+    /// The label's horizon in days [default: the model's own].
+    #[arg(long, value_parser = parse_horizon)]
     horizon_days: Option<f64>,
+    /// Malformed rows tolerated (skipped and counted) before giving up.
     #[arg(long, default_value_t = 0)]
     max_bad_rows: usize,
+    /// A taxonomy TOML file [default: the built-in one].
     #[arg(long)]
     taxonomy: Option<PathBuf>,
     /// Also write the metrics file and plots into this folder.
@@ -462,12 +620,14 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct SuggestArgs {
+    /// The model artifact (JSON) to read coefficients from.
     #[arg(long)]
     model: PathBuf,
+    /// A taxonomy TOML file [default: the built-in one].
     #[arg(long)]
     taxonomy: Option<PathBuf>,
     /// Points per unit of log-odds.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = 10.0, value_parser = parse_positive)]
     points_per_log_odds: f64,
 }
 
@@ -515,12 +675,16 @@ pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct SimulateArgs {
+    /// How many visitors to simulate.
     #[arg(long, default_value_t = 40_000)]
     visitors: usize,
+    /// The random seed: the same seed writes the same log.
     #[arg(long, default_value_t = 7)]
     seed: u64,
-    #[arg(long, default_value_t = 60.0)]
+    /// How many days the journeys spread over.
+    #[arg(long, default_value_t = 60.0, value_parser = parse_positive)]
     days: f64,
+    /// Where the CSV goes.
     #[arg(long)]
     out: PathBuf,
 }

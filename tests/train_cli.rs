@@ -80,22 +80,24 @@ fn train_writes_an_artifact_the_server_accepts_with_metrics_and_plots() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("model.metrics.json")).unwrap())
             .unwrap();
-    for key in ["roc_auc", "pr_auc", "log_loss", "brier"] {
-        let v = metrics["validation"][key]
-            .as_f64()
-            .unwrap_or_else(|| panic!("validation.{key}"));
-        assert!(v.is_finite() && v > 0.0, "{key} = {v}");
+    // The held-out part is named for what it is: the test part; the
+    // validation part (where the L2 strength was chosen) has its own figures.
+    assert_eq!(metrics["held_out"], "test");
+    for part in ["test", "validation"] {
+        for key in ["roc_auc", "pr_auc", "log_loss", "brier"] {
+            let v = metrics[part][key]
+                .as_f64()
+                .unwrap_or_else(|| panic!("{part}.{key}"));
+            assert!(v.is_finite() && v > 0.0, "{part}.{key} = {v}");
+        }
     }
+    let sizes = &metrics["examples"];
+    assert_eq!(metrics["test"]["examples"], sizes["test"]);
+    assert_eq!(metrics["validation"]["examples"], sizes["validation"]);
     assert!(metrics["ladder_baseline"]["roc_auc"].as_f64().is_some());
-    assert_eq!(
-        metrics["validation"]["calibration"]
-            .as_array()
-            .unwrap()
-            .len(),
-        10
-    );
+    assert_eq!(metrics["test"]["calibration"].as_array().unwrap().len(), 10);
     // The simulator's intent shows in the data: the model must beat chance.
-    assert!(metrics["validation"]["roc_auc"].as_f64().unwrap() > 0.6);
+    assert!(metrics["test"]["roc_auc"].as_f64().unwrap() > 0.6);
     for plot in ["roc", "pr", "calibration", "coefficients"] {
         let svg =
             std::fs::read_to_string(dir.join("model.report").join(format!("{plot}.svg"))).unwrap();
@@ -148,17 +150,22 @@ fn k_fold_validation_and_balanced_class_weights_also_train() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("3 folds, pooled out-of-fold"), "{stdout}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("m.metrics.json")).unwrap())
             .unwrap();
+    assert_eq!(metrics["held_out"], "out_of_fold");
+    assert_eq!(metrics["folds"], 3);
+    assert!(metrics.get("test").is_none(), "{metrics}");
     // Balanced weights with the intercept corrected: the mean prediction
     // stays near the base rate instead of near one half.
-    let cal = metrics["validation"]["calibration"].as_array().unwrap();
+    let cal = metrics["out_of_fold"]["calibration"].as_array().unwrap();
     let (n, sum): (f64, f64) = cal.iter().fold((0.0, 0.0), |(n, s), b| {
         let c = b["count"].as_f64().unwrap();
         (n + c, s + c * b["mean_predicted"].as_f64().unwrap())
     });
-    let base = metrics["validation"]["base_rate"].as_f64().unwrap();
+    let base = metrics["out_of_fold"]["base_rate"].as_f64().unwrap();
     assert!(
         (sum / n - base).abs() < 0.05,
         "mean prediction {} vs base rate {base}",
@@ -301,4 +308,202 @@ fn tabular_mode_trains_from_a_feature_table() {
         artifact.feature_names
     );
     assert!(artifact.metrics.pooled_roc_auc.unwrap() > 0.8);
+}
+
+/// Exit code 2 and the flag named, for a log that does not exist: the
+/// value is refused when the flags are read, before any file is opened.
+#[test]
+fn bad_numbers_and_typos_in_flags_are_refused_before_the_log_is_read() {
+    let dir = scratch("flags");
+    let missing = dir.join("no-such-log.csv");
+    let out = dir.join("m.json");
+    for (flag, value) in [
+        ("--horizon-days", "0"),
+        ("--horizon-days", "-1"),
+        ("--horizon-days", "NaN"),
+        ("--horizon-days", "inf"),
+        ("--folds", "1"),
+        ("--validation", "tiem"),
+        ("--max-iterations", "0"),
+        ("--delimiter", "semicolons"),
+        ("--cutoffs", "fixed:tomorrow"),
+    ] {
+        for command in ["train", "examples"] {
+            if command == "examples" && flag == "--max-iterations" {
+                continue;
+            }
+            let args = [command, "--events", s(&missing), "--out", s(&out)];
+            let arg = format!("{flag}={value}");
+            let refused = rung(&[&args[..], &[arg.as_str()]].concat());
+            let stderr = String::from_utf8_lossy(&refused.stderr);
+            assert_eq!(refused.status.code(), Some(2), "{command} {arg}: {stderr}");
+            assert!(stderr.contains(flag), "{command} {arg}: {stderr}");
+            assert!(!stderr.contains("no-such-log"), "{command} {arg}: {stderr}");
+        }
+    }
+}
+
+/// The simulator's log rewritten with `;` between fields.
+fn semicolon_log(dir: &Path) -> PathBuf {
+    let log = simulated_log(dir, "1500");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains(';'));
+    let out = dir.join("semicolons.csv");
+    std::fs::write(&out, text.replace(',', ";")).unwrap();
+    out
+}
+
+#[test]
+fn named_delimiters_and_rfc_3339_offsets_are_read() {
+    let dir = scratch("offsets");
+    let log = semicolon_log(&dir);
+    // The same instant written two ways.
+    let mut files = Vec::new();
+    for (name, cutoff) in [
+        ("utc", "fixed:2026-01-20T00:00:00Z"),
+        ("offset", "fixed:2026-01-20T08:00:00+08:00"),
+    ] {
+        let out = dir.join(format!("{name}.csv"));
+        let run = rung(&[
+            "examples",
+            "--events",
+            s(&log),
+            "--delimiter",
+            "semicolon",
+            "--cutoffs",
+            cutoff,
+            "--validation",
+            "kfold",
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            run.status.success(),
+            "{cutoff}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        files.push(std::fs::read_to_string(&out).unwrap());
+    }
+    assert_eq!(files[0], files[1]);
+    let rows: Vec<&str> = files[0].lines().skip(1).collect();
+    assert!(rows.len() > 100, "{} examples", rows.len());
+    assert!(rows
+        .iter()
+        .all(|r| r.split(',').nth(1) == Some("2026-01-20T00:00:00.000Z")));
+}
+
+#[test]
+fn a_fixed_cut_off_whose_window_passes_the_data_says_where_the_data_ends() {
+    let dir = scratch("past-end");
+    let log = simulated_log(&dir, "300");
+    let out = rung(&[
+        "examples",
+        "--events",
+        s(&log),
+        "--cutoffs",
+        "fixed:2026-12-01T00:00:00+01:00",
+        "--out",
+        s(&dir.join("x.csv")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    // 2026-12-01T00:00:00+01:00 is 2026-11-30T23:00:00Z; +7 days.
+    assert!(
+        stderr.contains("2026-11-30T23:00:00.000Z") && stderr.contains("2026-12-07T23:00:00.000Z"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("the data runs from 2026-01-01"), "{stderr}");
+}
+
+#[test]
+fn a_part_without_purchases_says_what_each_part_holds_and_what_would_work() {
+    // 300 visitors over 60 days: a 30-day horizon leaves the validation part
+    // (15% of the cut-offs) without a whole label window.
+    let dir = scratch("empty-part");
+    let log = simulated_log(&dir, "300");
+    let out = rung(&[
+        "train",
+        "--events",
+        s(&log),
+        "--horizon-days",
+        "30",
+        "--min-positives",
+        "1",
+        "--out",
+        s(&dir.join("m.json")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("part holds no purchases"), "{stderr}");
+    for said in [
+        "30 day horizon",
+        "train ",
+        "validation ",
+        "test ",
+        "purchases)",
+        "--horizon-days",
+        "--validation kfold",
+    ] {
+        assert!(stderr.contains(said), "{said:?} missing: {stderr}");
+    }
+}
+
+#[test]
+fn when_no_event_name_maps_the_unmapped_names_are_in_the_error() {
+    let dir = scratch("unmapped");
+    let log = dir.join("events.csv");
+    std::fs::write(
+        &log,
+        "visitor_id,time,type\n\
+         v1,2026-01-01T00:00:00Z,glance\n\
+         v1,2026-01-01T00:01:00Z,glance\n\
+         v2,2026-01-01T00:02:00Z,basket_thing\n",
+    )
+    .unwrap();
+    for command in ["train", "examples"] {
+        let out = rung(&[command, "--events", s(&log), "--out", s(&dir.join("m"))]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            stderr.contains("\"glance\" ×2") && stderr.contains("\"basket_thing\" ×1"),
+            "{command}: {stderr}"
+        );
+        assert!(stderr.contains("3 rows read"), "{command}: {stderr}");
+    }
+}
+
+/// Every option of the data scientist's commands says what it is for, and
+/// no rustdoc link markup reaches the terminal.
+#[test]
+fn every_flag_has_help_text() {
+    for command in [
+        "train",
+        "examples",
+        "evaluate",
+        "suggest-ladder",
+        "simulate",
+    ] {
+        let help = String::from_utf8(rung(&[command, "--help"]).stdout).unwrap();
+        assert!(!help.contains("[`") && !help.contains("`]"), "{help}");
+        let lines: Vec<&str> = help.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let t = line.trim_start();
+            // An option (`--x`, `-h, --help`), not a possible value (`- x:`).
+            if !t.starts_with('-') || t.starts_with("- ") {
+                continue;
+            }
+            // Long help: the text is on the lines below, indented further.
+            let next = lines.get(i + 1).copied().unwrap_or("");
+            let indent = |l: &str| l.len() - l.trim_start().len();
+            let below = !next.trim().is_empty()
+                && indent(next) > indent(line)
+                && !next.trim_start().starts_with('-');
+            // Short help: the text follows the flag after two spaces.
+            let beside = t
+                .split_once("  ")
+                .is_some_and(|(_, x)| !x.trim().is_empty());
+            let described = below || beside;
+            assert!(described, "{command}: {t} has no help text\n{help}");
+        }
+    }
 }

@@ -215,8 +215,15 @@ pub enum LogError {
         max: usize,
         first: BadRow,
     },
-    #[error("{} holds no events that rung can use", path.display())]
-    Empty { path: PathBuf },
+    #[error("{} holds no events that rung can use: {rows} rows read, {filtered} filtered out, {bad} malformed; {unmapped}", path.display())]
+    Empty {
+        path: PathBuf,
+        rows: u64,
+        filtered: u64,
+        bad: usize,
+        /// [`EventLog::unmapped_report`], or why nothing was unmapped.
+        unmapped: String,
+    },
 }
 
 /// Events grouped by visitor, sorted by time, plus what could not be used.
@@ -236,6 +243,54 @@ pub struct EventLog {
 impl EventLog {
     pub fn unmapped_total(&self) -> u64 {
         self.unmapped.values().sum()
+    }
+
+    /// The most frequent event names the taxonomy does not know, with
+    /// counts, and what to do about them; `None` when every name mapped.
+    pub fn unmapped_report(&self) -> Option<String> {
+        if self.unmapped.is_empty() {
+            return None;
+        }
+        let mut top: Vec<(&String, &u64)> = self.unmapped.iter().collect();
+        top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let names: Vec<String> = top
+            .iter()
+            .take(10)
+            .map(|(n, c)| format!("{n:?} ×{c}"))
+            .collect();
+        let more = top.len().saturating_sub(10);
+        Some(format!(
+            "unmapped event names (add them as aliases in a taxonomy file, --taxonomy): {}{}",
+            names.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        ))
+    }
+
+    /// The first and last event times.
+    pub fn time_range(&self) -> Option<(Millis, Millis)> {
+        let mut times = self
+            .visitors
+            .iter()
+            .flat_map(|(_, e)| e.first().zip(e.last()));
+        let (first, last) = times.next()?;
+        Some(times.fold((first.at, last.at), |(lo, hi), (f, l)| {
+            (lo.min(f.at), hi.max(l.at))
+        }))
+    }
+
+    /// How many events of each taxonomy type, by type index.
+    pub fn events_per_type(&self, types: usize) -> Vec<u64> {
+        let mut counts = vec![0; types];
+        for e in self.visitors.iter().flat_map(|(_, e)| e) {
+            if let Some(c) = counts.get_mut(e.kind.index()) {
+                *c += 1;
+            }
+        }
+        counts
     }
 }
 
@@ -405,6 +460,12 @@ pub fn read_from(
     if log.events == 0 {
         return Err(LogError::Empty {
             path: path.to_path_buf(),
+            rows: log.rows,
+            filtered: log.filtered,
+            bad: log.bad_rows.len(),
+            unmapped: log.unmapped_report().unwrap_or_else(|| {
+                "no event names were left unmapped (check the mapping's columns)".into()
+            }),
         });
     }
     Ok(log)
@@ -597,13 +658,7 @@ pub fn parse_time(raw: &str, unit: TimeUnit) -> Option<Millis> {
 
 fn parse_text_time(raw: &str) -> Option<Millis> {
     let t = raw.trim();
-    let t = t.strip_suffix(" UTC").unwrap_or(t);
-    let t = t
-        .strip_suffix("+00:00")
-        .map_or_else(|| t.to_string(), |s| format!("{s}Z"));
-    let st = humantime::parse_rfc3339_weak(&t).ok()?;
-    let ms = st.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
-    Some(Millis::from_unix_millis(i64::try_from(ms).ok()?))
+    Millis::parse_rfc3339_lenient(t.strip_suffix(" UTC").unwrap_or(t))
 }
 
 #[cfg(test)]
@@ -635,6 +690,14 @@ mod tests {
         assert_eq!(parse_time("1569888000000000", TimeUnit::Micros), want);
         assert_eq!(parse_time("2019-10-01 00:00:00 UTC", TimeUnit::Text), want);
         assert_eq!(parse_time("2019-10-01T00:00:00Z", TimeUnit::Text), want);
+        assert_eq!(
+            parse_time("2019-10-01T08:00:00+08:00", TimeUnit::Text),
+            want
+        );
+        assert_eq!(
+            parse_time("2019-09-30 19:00:00-05:00", TimeUnit::Auto),
+            want
+        );
         for raw in [
             "1569888000",
             "1569888000000",

@@ -4,6 +4,7 @@
 pub mod evaluation;
 pub mod eventlog;
 pub mod examples;
+pub mod export;
 pub mod fit;
 pub mod metrics;
 pub mod pipeline;
@@ -21,10 +22,8 @@ pub enum TrainError {
     NonFinite { row: usize, feature: String },
     #[error("linfa-logistic failed: {0} (try scaling the data, a stronger L2 strength or more iterations)")]
     Solver(String),
-    #[error("no examples: no visitor has events before a cut-off with a whole label window after it (use a shorter --horizon-days or an earlier cut-off)")]
-    NoExamples,
-    #[error(
-        "the {0} part holds no purchases; use more data, --validation kfold, or the ladder alone"
-    )]
-    EmptySplit(&'static str),
+    #[error("no examples: no visitor has events before a cut-off with a whole label window after it; {0}")]
+    NoExamples(String),
+    #[error("the {part} part holds no purchases: {detail}")]
+    EmptySplit { part: String, detail: String },
 }

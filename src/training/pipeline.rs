@@ -41,7 +41,7 @@ pub enum Solver {
     /// linfa-logistic as it is.
     Linfa,
     /// The same objective and L-BFGS, with a fused, multi-threaded cost and
-    /// gradient on the mean loss ([`super::solver`]): several times faster
+    /// gradient on the mean loss, in rung's own solver: several times faster
     /// on large logs.
     Fused,
 }
@@ -101,12 +101,81 @@ pub struct AlphaTrial {
     pub validation_log_loss: Option<f64>,
 }
 
+/// Which part of the data an example serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Part {
+    /// Fitted while the L2 strength is chosen, and by the final model.
+    Train,
+    /// Chooses the L2 strength; fitted by the final model.
+    Validation,
+    /// Judges the final model; never fitted.
+    Test,
+    /// Its label window crosses from the training part into validation, so
+    /// it cannot serve either, but its label is known before the test part
+    /// starts: fitted by the final model only.
+    FinalOnly,
+    /// Its label window reaches into the test part: used by nothing.
+    Unused,
+    /// k-fold validation: the fold (0-based) the example is held out in.
+    Fold(usize),
+}
+
+impl Part {
+    /// The name the training-set export writes: `train`, `validation`,
+    /// `test`, `final_only`, `unused`, or the fold number.
+    pub fn name(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Part::Train => "train".into(),
+            Part::Validation => "validation".into(),
+            Part::Test => "test".into(),
+            Part::FinalOnly => "final_only".into(),
+            Part::Unused => "unused".into(),
+            Part::Fold(k) => k.to_string().into(),
+        }
+    }
+
+    /// Whether the final model is fitted on it.
+    pub fn in_final_fit(self) -> bool {
+        !matches!(self, Part::Test | Part::Unused)
+    }
+}
+
+/// The point-in-time examples of a log and the part each one serves: what
+/// `rung examples` writes and `rung train` fits.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub examples: Examples,
+    pub parts: Vec<Part>,
+    pub horizon_ms: i64,
+    /// The latest event in the log: no label window may pass it.
+    pub data_end: Millis,
+    /// Feature names, in the design matrix's column order.
+    pub names: Vec<String>,
+}
+
+impl Prepared {
+    /// Examples and purchases in a part.
+    pub fn count(&self, part: Part) -> (usize, usize) {
+        let rows = (0..self.examples.len()).filter(|&i| self.parts[i] == part);
+        rows.fold((0, 0), |(n, p), i| {
+            (n + 1, p + usize::from(self.examples.y[i]))
+        })
+    }
+
+    fn select(&self, keep: impl Fn(Part) -> bool) -> Examples {
+        self.examples.select(|i| keep(self.parts[i]))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SplitSizes {
     pub examples: usize,
     pub train: usize,
     pub validation: usize,
     pub test: usize,
+    /// k-fold validation: how many folds (train, validation and test are
+    /// then all the examples).
+    pub folds: Option<usize>,
     /// What the final model was fitted on.
     pub final_fit: usize,
     pub final_fit_positives: usize,
@@ -115,63 +184,179 @@ pub struct SplitSizes {
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
     pub artifact: ModelArtifact,
-    /// The model on held-out examples.
+    /// The model on held-out examples: the test part, or with k folds the
+    /// pooled out-of-fold predictions.
     pub model: Evaluation,
     /// The ladder score alone on the same examples.
     pub ladder: Evaluation,
+    /// Time split: the model fitted on the training part at the chosen
+    /// strength, on the validation part.
+    pub validation: Option<Evaluation>,
     pub trials: Vec<AlphaTrial>,
     pub chosen_lambda: f64,
     pub sizes: SplitSizes,
 }
 
-pub fn train(
+/// Builds the point-in-time examples and says which part each serves.
+pub fn prepare(
     taxonomy: &Taxonomy,
     visitors: &[(String, Vec<Event>)],
     opts: &TrainOptions,
-    now: Millis,
     progress: &dyn Progress,
-) -> Result<TrainOutcome, TrainError> {
+) -> Result<Prepared, TrainError> {
     let horizon_ms = (opts.horizon_days * 86_400_000.0) as i64;
     progress.step(
         "building point-in-time examples",
         Some(visitors.len() as u64),
     );
-    let all = build(
+    let data_end = data_end(visitors);
+    let examples = build(
         taxonomy,
         visitors,
         &opts.cutoffs,
         horizon_ms,
-        data_end(visitors),
+        data_end,
         &|n| progress.set(n),
     );
     progress.done();
-    if all.is_empty() {
-        return Err(TrainError::NoExamples);
+    if examples.is_empty() {
+        return Err(TrainError::NoExamples(why_no_examples(
+            visitors, opts, data_end,
+        )));
     }
-    let names = feature_names(taxonomy);
-    let (held_out_p, held_out, final_fit, trials, chosen, sizes) = match &opts.validation {
+    let parts = match &opts.validation {
         Validation::Time {
             validation_share,
             test_share,
-        } => time_split(
-            &all,
-            &names,
-            opts,
-            horizon_ms,
-            *validation_share,
-            *test_share,
-            progress,
-        )?,
-        Validation::KFold { folds, seed } => k_fold(&all, &names, opts, *folds, *seed, progress)?,
+        } => time_parts(&examples, horizon_ms, *validation_share, *test_share),
+        Validation::KFold { folds, seed } => fold_parts(&examples, *folds, *seed),
     };
-    let model = evaluate(&held_out_p, &held_out.y, true);
+    Ok(Prepared {
+        examples,
+        parts,
+        horizon_ms,
+        data_end,
+        names: feature_names(taxonomy),
+    })
+}
+
+/// Where the data starts and ends against the cut-offs and the horizon.
+fn why_no_examples(
+    visitors: &[(String, Vec<Event>)],
+    opts: &TrainOptions,
+    data_end: Millis,
+) -> String {
+    let data_start = visitors
+        .iter()
+        .filter_map(|(_, e)| e.first().map(|e| e.at))
+        .min()
+        .unwrap_or(data_end);
+    let range = format!(
+        "the data runs from {} to {} ({:.1} days)",
+        data_start.to_rfc3339(),
+        data_end.to_rfc3339(),
+        data_end.millis_since(data_start) / 86_400_000.0
+    );
+    let horizon = opts.horizon_days;
+    match &opts.cutoffs {
+        Cutoffs::Fixed(cut) if *cut <= data_start => format!(
+            "the cut-off {} comes before every event: {range}; use a later cut-off",
+            cut.to_rfc3339()
+        ),
+        Cutoffs::Fixed(cut) => format!(
+            "the cut-off {} with a {horizon}-day horizon needs events until {}, but {range}; use an earlier cut-off or a shorter --horizon-days",
+            cut.to_rfc3339(),
+            cut.saturating_add_millis((horizon * 86_400_000.0) as i64).to_rfc3339()
+        ),
+        _ => format!("{range}, and every cut-off's {horizon}-day label window passes its end; use a shorter --horizon-days"),
+    }
+}
+
+/// Earlier cut-offs train, the next `validation_share` validates, the last
+/// `test_share` tests; each part's label windows end before the next part
+/// starts.
+fn time_parts(
+    all: &Examples,
+    horizon_ms: i64,
+    validation_share: f64,
+    test_share: f64,
+) -> Vec<Part> {
+    let (t1, t2) = time_bounds(all, validation_share, test_share);
+    all.as_of
+        .iter()
+        .map(|t| {
+            let (start, end) = (
+                t.as_unix_millis(),
+                t.as_unix_millis().saturating_add(horizon_ms),
+            );
+            if start >= t2 {
+                Part::Test
+            } else if end > t2 {
+                Part::Unused
+            } else if start >= t1 {
+                Part::Validation
+            } else if end <= t1 {
+                Part::Train
+            } else {
+                Part::FinalOnly
+            }
+        })
+        .collect()
+}
+
+/// Where validation and test start: the cut-off time quantiles.
+fn time_bounds(all: &Examples, validation_share: f64, test_share: f64) -> (i64, i64) {
+    let mut times: Vec<i64> = all.as_of.iter().map(|t| t.as_unix_millis()).collect();
+    times.sort_unstable();
+    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
+    (
+        at(1.0 - validation_share - test_share),
+        at(1.0 - test_share),
+    )
+}
+
+/// A visitor's examples always in one fold.
+fn fold_parts(all: &Examples, folds: usize, seed: u64) -> Vec<Part> {
+    let folds = folds.max(2);
+    all.visitor
+        .iter()
+        .map(|v| {
+            let h = crate::domain::event::stable_hash(&format!("{seed}:{v}"));
+            Part::Fold((h % folds as u64) as usize)
+        })
+        .collect()
+}
+
+/// Fits and judges a model on prepared examples.
+pub fn train(
+    taxonomy: &Taxonomy,
+    prepared: &Prepared,
+    opts: &TrainOptions,
+    now: Millis,
+    progress: &dyn Progress,
+) -> Result<TrainOutcome, TrainError> {
+    let names = &prepared.names;
+    let split = match &opts.validation {
+        Validation::Time { .. } => time_split(prepared, opts, progress)?,
+        Validation::KFold { folds, .. } => k_fold(prepared, opts, (*folds).max(2), progress)?,
+    };
+    let Split {
+        predicted,
+        held_out,
+        validation,
+        final_fit,
+        trials,
+        lambda: chosen,
+        sizes,
+    } = split;
+    let model = evaluate(&predicted, &held_out.y, true);
     let ladder = evaluate(&held_out.ladder_score, &held_out.y, false);
     let mut artifact = ModelArtifact {
         format: FORMAT.to_string(),
         version: String::new(),
         created_at: now.to_rfc3339(),
         description: opts.description.clone(),
-        feature_names: names,
+        feature_names: names.clone(),
         means: final_fit.means.clone(),
         scales: final_fit.scales.clone(),
         coefficients: final_fit.coefficients.clone(),
@@ -195,6 +380,7 @@ pub fn train(
         artifact,
         model,
         ladder,
+        validation,
         trials,
         chosen_lambda: chosen,
         sizes,
@@ -235,87 +421,135 @@ pub fn figures(e: &Evaluation) -> Figures {
     }
 }
 
-type SplitResult = (Vec<f64>, Examples, Fitted, Vec<AlphaTrial>, f64, SplitSizes);
+/// What a validation scheme hands back to [`train`].
+struct Split {
+    /// The model's predictions on `held_out`.
+    predicted: Vec<f64>,
+    held_out: Examples,
+    validation: Option<Evaluation>,
+    final_fit: Fitted,
+    trials: Vec<AlphaTrial>,
+    lambda: f64,
+    sizes: SplitSizes,
+}
 
-#[allow(clippy::too_many_arguments)]
 fn time_split(
-    all: &Examples,
-    names: &[String],
+    prepared: &Prepared,
     opts: &TrainOptions,
-    horizon_ms: i64,
-    validation_share: f64,
-    test_share: f64,
     progress: &dyn Progress,
-) -> Result<SplitResult, TrainError> {
-    let mut times: Vec<i64> = all.as_of.iter().map(|t| t.as_unix_millis()).collect();
-    times.sort_unstable();
-    let at = |q: f64| times[((times.len() as f64 * q) as usize).min(times.len() - 1)];
-    let t1 = at(1.0 - validation_share - test_share);
-    let t2 = at(1.0 - test_share);
-    let when = |i: usize| all.as_of[i].as_unix_millis();
-    // Each part's label windows end before the next part starts.
-    let train = all.select(|i| when(i) + horizon_ms <= t1);
-    let valid = all.select(|i| when(i) >= t1 && when(i) + horizon_ms <= t2);
-    let test = all.select(|i| when(i) >= t2);
-    let train_valid = all.select(|i| when(i) + horizon_ms <= t2);
+) -> Result<Split, TrainError> {
+    let names = &prepared.names;
+    let train = prepared.select(|p| p == Part::Train);
+    let valid = prepared.select(|p| p == Part::Validation);
+    let test = prepared.select(|p| p == Part::Test);
+    let final_rows = prepared.select(Part::in_final_fit);
     for (part, e) in [
-        ("training", &train),
-        ("validation", &valid),
-        ("test", &test),
+        (Part::Train, &train),
+        (Part::Validation, &valid),
+        (Part::Test, &test),
     ] {
         if e.positives() == 0 {
-            return Err(TrainError::EmptySplit(part));
+            return Err(empty_part(prepared, opts, part));
         }
     }
-    let (trials, lambda) = choose_lambda(opts, progress, |lambda| {
+    let (trials, lambda, valid_p) = choose_lambda(opts, progress, &valid.y, |lambda| {
         let f = fit_weighted(&train, names, opts, lambda)?;
-        Ok(log_loss(&predict(&f, &valid), &valid.y))
+        Ok(predict(&f, &valid))
     })?;
     progress.step("fitting the final model", None);
-    let final_fit = fit_weighted(&train_valid, names, opts, lambda)?;
+    let final_fit = fit_weighted(&final_rows, names, opts, lambda)?;
     progress.done();
-    let p = predict(&final_fit, &test);
+    let predicted = predict(&final_fit, &test);
     let sizes = SplitSizes {
-        examples: all.len(),
+        examples: prepared.examples.len(),
         train: train.len(),
         validation: valid.len(),
         test: test.len(),
-        final_fit: train_valid.len(),
-        final_fit_positives: train_valid.positives(),
+        folds: None,
+        final_fit: final_rows.len(),
+        final_fit_positives: final_rows.positives(),
     };
-    Ok((p, test, final_fit, trials, lambda, sizes))
+    Ok(Split {
+        predicted,
+        held_out: test,
+        validation: Some(evaluate(&valid_p, &valid.y, true)),
+        final_fit,
+        trials,
+        lambda,
+        sizes,
+    })
+}
+
+/// The "no purchases in a part" error, with every part's counts and what
+/// would work instead.
+fn empty_part(prepared: &Prepared, opts: &TrainOptions, part: Part) -> TrainError {
+    let counts = [
+        Part::Train,
+        Part::Validation,
+        Part::Test,
+        Part::FinalOnly,
+        Part::Unused,
+    ]
+    .map(|p| {
+        let (n, k) = prepared.count(p);
+        format!("{} {n} ({k} purchases)", p.name())
+    })
+    .join(", ");
+    let (first, last) = prepared
+        .examples
+        .as_of
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), t| {
+            (lo.min(t.as_unix_millis()), hi.max(t.as_unix_millis()))
+        });
+    let day = 86_400_000.0;
+    let span_days = (last - first) as f64 / day;
+    // Each part's label windows must end before the next part starts, so a
+    // horizon longer than the validation part leaves it nearly empty.
+    let (validation_share, test_share) = match opts.validation {
+        Validation::Time {
+            validation_share,
+            test_share,
+        } => (validation_share, test_share),
+        Validation::KFold { .. } => (0.15, 0.15),
+    };
+    let (t1, t2) = time_bounds(&prepared.examples, validation_share, test_share);
+    let validation_days = (t2 - t1) as f64 / day;
+    TrainError::EmptySplit {
+        part: part.name().into_owned(),
+        detail: format!(
+            "examples per part with a {horizon} day horizon: {counts}. The cut-offs span {span_days:.1} days and the validation part {validation_days:.1}; an example's label window must end before the next part starts, so a horizon longer than the validation part leaves little to train and validate on. Try a shorter --horizon-days (under {validation_days:.1}), --validation kfold, more data, or the ladder alone",
+            horizon = opts.horizon_days,
+        ),
+    }
 }
 
 fn k_fold(
-    all: &Examples,
-    names: &[String],
+    prepared: &Prepared,
     opts: &TrainOptions,
     folds: usize,
-    seed: u64,
     progress: &dyn Progress,
-) -> Result<SplitResult, TrainError> {
-    let folds = folds.max(2);
-    let fold_of = |i: usize| {
-        let h = crate::domain::event::stable_hash(&format!("{seed}:{}", all.visitor[i]));
-        (h % folds as u64) as usize
-    };
+) -> Result<Split, TrainError> {
+    let (all, names) = (&prepared.examples, &prepared.names);
     let out_of_fold = |lambda: f64| -> Result<Vec<f64>, TrainError> {
         let mut p = vec![0.0; all.len()];
         for k in 0..folds {
-            let train = all.select(|i| fold_of(i) != k);
-            let rows: Vec<usize> = (0..all.len()).filter(|&i| fold_of(i) == k).collect();
-            let held = all.select(|i| fold_of(i) == k);
+            let held = Part::Fold(k);
+            let train = prepared.select(|p| p != held);
+            let rows: Vec<usize> = (0..all.len())
+                .filter(|&i| prepared.parts[i] == held)
+                .collect();
             let f = fit_weighted(&train, names, opts, lambda)?;
-            for (r, q) in rows.into_iter().zip(predict(&f, &held)) {
+            for (r, q) in rows
+                .into_iter()
+                .zip(predict(&f, &prepared.select(|p| p == held)))
+            {
                 p[r] = q;
             }
         }
         Ok(p)
     };
-    let (trials, lambda) = choose_lambda(opts, progress, |lambda| {
-        Ok(log_loss(&out_of_fold(lambda)?, &all.y))
-    })?;
-    let p = out_of_fold(lambda)?;
+    let (trials, lambda, predicted) = choose_lambda(opts, progress, &all.y, out_of_fold)?;
     progress.step("fitting the final model", None);
     let final_fit = fit_weighted(all, names, opts, lambda)?;
     progress.done();
@@ -324,24 +558,43 @@ fn k_fold(
         train: all.len(),
         validation: all.len(),
         test: 0,
+        folds: Some(folds),
         final_fit: all.len(),
         final_fit_positives: all.positives(),
     };
-    Ok((p, all.clone(), final_fit, trials, lambda, sizes))
+    Ok(Split {
+        predicted,
+        held_out: all.clone(),
+        validation: None,
+        final_fit,
+        trials,
+        lambda,
+        sizes,
+    })
 }
 
-/// Tries every λ; a solver failure at one strength is recorded, not fatal.
+/// Tries every λ, judged by the log loss of the predictions `predict_at`
+/// makes for examples labelled `y`; a solver failure at one strength is
+/// recorded, not fatal. Returns the trials, the best λ and its predictions.
 fn choose_lambda(
     opts: &TrainOptions,
     progress: &dyn Progress,
-    loss_at: impl Fn(f64) -> Result<f64, TrainError>,
-) -> Result<(Vec<AlphaTrial>, f64), TrainError> {
+    y: &[bool],
+    predict_at: impl Fn(f64) -> Result<Vec<f64>, TrainError>,
+) -> Result<(Vec<AlphaTrial>, f64, Vec<f64>), TrainError> {
     progress.step("choosing the L2 strength", Some(opts.lambdas.len() as u64));
     let mut trials = Vec::new();
     let mut last_err = None;
+    let mut best: Option<(f64, f64, Vec<f64>)> = None;
     for (n, &lambda) in opts.lambdas.iter().enumerate() {
-        let loss = match loss_at(lambda) {
-            Ok(l) => Some(l),
+        let loss = match predict_at(lambda) {
+            Ok(p) => {
+                let loss = log_loss(&p, y);
+                if best.as_ref().is_none_or(|b| loss < b.1) {
+                    best = Some((lambda, loss, p));
+                }
+                Some(loss)
+            }
             Err(e @ TrainError::Solver(_)) => {
                 tracing::warn!(lambda, error = %e, "fit failed at this L2 strength");
                 last_err = Some(e);
@@ -356,13 +609,12 @@ fn choose_lambda(
         progress.set(n as u64 + 1);
     }
     progress.done();
-    let best = trials
-        .iter()
-        .filter_map(|t| t.validation_log_loss.map(|l| (t.lambda, l)))
-        .min_by(|a, b| a.1.total_cmp(&b.1));
     match best {
-        Some((lambda, _)) => Ok((trials, lambda)),
-        None => Err(last_err.unwrap_or(TrainError::NoExamples)),
+        Some((lambda, _, p)) => Ok((trials, lambda, p)),
+        None => {
+            Err(last_err
+                .unwrap_or_else(|| TrainError::NoExamples("no L2 strength was tried".into())))
+        }
     }
 }
 

@@ -24,24 +24,48 @@ pub fn paths_beside(artifact: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
+/// The metrics file: the held-out part by its name (`test`, or with k folds
+/// `out_of_fold`), the validation part's figures at the chosen strength,
+/// the ladder alone on the held-out examples, the L2 search and the sizes.
 pub fn metrics_json(o: &TrainOutcome) -> serde_json::Value {
-    json!({
+    let trials = o
+        .trials
+        .iter()
+        .map(|t| {
+            json!({
+                "l2_per_example": t.lambda,
+                "validation_log_loss": t.validation_log_loss,
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut m = json!({
         "model_version": o.artifact.version,
         "horizon_days": o.artifact.horizon_days,
-        "validation": o.model,
         "ladder_baseline": o.ladder,
         "chosen_l2_per_example": o.chosen_lambda,
-        "l2_search": o.trials.iter().map(|t| json!({
-            "l2_per_example": t.lambda,
-            "validation_log_loss": t.validation_log_loss,
-        })).collect::<Vec<_>>(),
-        "examples": {
-            "all": o.sizes.examples,
-            "train": o.sizes.train,
-            "validation": o.sizes.validation,
-            "test": o.sizes.test,
-        },
-    })
+        "l2_search": trials,
+    });
+    match o.sizes.folds {
+        None => {
+            m["held_out"] = "test".into();
+            m["test"] = json!(o.model);
+            m["validation"] = json!(o.validation);
+            m["examples"] = json!({
+                "all": o.sizes.examples,
+                "train": o.sizes.train,
+                "validation": o.sizes.validation,
+                "test": o.sizes.test,
+                "final_fit": o.sizes.final_fit,
+            });
+        }
+        Some(folds) => {
+            m["held_out"] = "out_of_fold".into();
+            m["out_of_fold"] = json!(o.model);
+            m["folds"] = folds.into();
+            m["examples"] = json!({ "all": o.sizes.examples, "final_fit": o.sizes.final_fit });
+        }
+    }
+    m
 }
 
 fn opt(x: Option<f64>) -> String {
@@ -87,14 +111,16 @@ pub fn comparison(model: &Evaluation, ladder: &Evaluation) -> String {
 }
 
 pub fn summary(o: &TrainOutcome) -> String {
+    let parts = match o.sizes.folds {
+        None => format!(
+            "{} train, {} validation, {} test; the final model fitted on {}",
+            o.sizes.train, o.sizes.validation, o.sizes.test, o.sizes.final_fit
+        ),
+        Some(k) => format!("{k} folds, pooled out-of-fold"),
+    };
     let mut s = format!(
-        "model {}: {} examples ({} train, {} validation, {} test); L2 per example {:e}\n",
-        o.artifact.version,
-        o.sizes.examples,
-        o.sizes.train,
-        o.sizes.validation,
-        o.sizes.test,
-        o.chosen_lambda
+        "model {}: {} examples ({parts}); L2 per example {:e}\n",
+        o.artifact.version, o.sizes.examples, o.chosen_lambda
     );
     s.push_str(&comparison(&o.model, &o.ladder));
     s

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# A Python virtual environment under target/ with what examples/ needs
+# (examples/requirements.txt), for the tests that run the examples. Does
+# nothing when the environment already matches the requirements file.
+# Prints the environment's python.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+env_dir="${CARGO_TARGET_DIR:-target}/python-env"
+stamp="$env_dir/requirements.txt"
+if [[ ! -x $env_dir/bin/python ]] || ! cmp -s examples/requirements.txt "$stamp"; then
+    python3 -m venv "$env_dir" >&2
+    "$env_dir/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -r examples/requirements.txt >&2
+    cp examples/requirements.txt "$stamp"
+fi
+echo "$env_dir/bin/python"

@@ -1,0 +1,241 @@
+//! The training-set export: `rung examples` and `rung train --examples-out`
+//! write the very examples training builds, and scikit-learn fitted on them
+//! the way the README's recipe says reproduces rung's held-out ROC AUC.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use rung::domain::Taxonomy;
+use rung::training::eventlog::{self, Preset};
+use rung::training::examples::Cutoffs;
+use rung::training::export::LEADING_COLUMNS;
+use rung::training::pipeline::{self, Part, Quiet, TrainOptions};
+
+fn rung(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rung"))
+        .args(args)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("training-set-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn simulated_log(dir: &Path, visitors: &str) -> PathBuf {
+    let log = dir.join("events.csv");
+    ok(&rung(&[
+        "simulate",
+        "--visitors",
+        visitors,
+        "--seed",
+        "11",
+        "--out",
+        s(&log),
+    ]));
+    log
+}
+
+#[test]
+fn the_export_holds_the_examples_training_builds_bit_for_bit() {
+    // Arrange
+    let dir = scratch("bits");
+    let log = simulated_log(&dir, "3000");
+    let (exported, fitted) = (dir.join("examples.csv"), dir.join("fitted.csv"));
+
+    // Act: the export command, and training writing the set it fits.
+    let said = ok(&rung(&[
+        "examples",
+        "--events",
+        s(&log),
+        "--cutoffs",
+        "page-view",
+        "--out",
+        s(&exported),
+    ]));
+    ok(&rung(&[
+        "train",
+        "--events",
+        s(&log),
+        "--cutoffs",
+        "page-view",
+        "--no-plots",
+        "--out",
+        s(&dir.join("m.json")),
+        "--examples-out",
+        s(&fitted),
+    ]));
+
+    // Assert: both files are the same set...
+    let text = std::fs::read_to_string(&exported).unwrap();
+    assert_eq!(text, std::fs::read_to_string(&fitted).unwrap());
+    // ...and equal, value for value, to what the library builds in memory.
+    let taxonomy = Taxonomy::builtin();
+    let read = eventlog::read(&log, &Preset::Rung.mapping(), &taxonomy, 0, &|_| {}).unwrap();
+    let opts = TrainOptions {
+        cutoffs: Cutoffs::PageView { seed: 7 },
+        ..TrainOptions::default()
+    };
+    let prepared = pipeline::prepare(&taxonomy, &read.visitors, &opts, &Quiet).unwrap();
+    let ex = &prepared.examples;
+    let mut csv = csv::Reader::from_reader(text.as_bytes());
+    let header: Vec<String> = csv.headers().unwrap().iter().map(String::from).collect();
+    let want: Vec<String> = LEADING_COLUMNS
+        .iter()
+        .map(|c| c.to_string())
+        .chain(prepared.names.iter().cloned())
+        .collect();
+    assert_eq!(header, want);
+    let rows: Vec<csv::StringRecord> = csv.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), ex.len());
+    assert!(said.contains(&format!("{} examples", ex.len())), "{said}");
+    let bits = |v: &str| v.parse::<f64>().unwrap().to_bits();
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(&row[0], read.visitors[ex.visitor[i]].0.as_str(), "row {i}");
+        let cutoff = rung::domain::Millis::parse_rfc3339(&row[1]).unwrap();
+        assert_eq!(cutoff.as_unix_millis() - 1, ex.as_of[i].as_unix_millis());
+        assert_eq!(&row[2], prepared.parts[i].name().as_ref(), "row {i}");
+        assert_eq!(&row[3], if ex.y[i] { "1" } else { "0" }, "row {i}");
+        assert_eq!(bits(&row[4]), ex.ladder_score[i].to_bits(), "row {i}");
+        for (j, v) in ex.x.row(i).iter().enumerate() {
+            assert_eq!(bits(&row[5 + j]), v.to_bits(), "row {i}, {}", want[5 + j]);
+        }
+    }
+    // Every part of a time split is there, each with purchases.
+    for part in [Part::Train, Part::Validation, Part::Test] {
+        let labels: Vec<&str> = rows
+            .iter()
+            .filter(|r| &r[2] == part.name().as_ref())
+            .map(|r| &r[3])
+            .collect();
+        assert!(labels.contains(&"1"), "{part:?}: {}", labels.len());
+    }
+}
+
+#[test]
+fn k_fold_exports_name_each_examples_fold_and_keep_a_visitor_in_one() {
+    let dir = scratch("folds");
+    let log = simulated_log(&dir, "1500");
+    let out = dir.join("examples.csv");
+    ok(&rung(&[
+        "examples",
+        "--events",
+        s(&log),
+        "--validation",
+        "kfold",
+        "--folds",
+        "4",
+        "--out",
+        s(&out),
+    ]));
+    let mut csv = csv::Reader::from_path(&out).unwrap();
+    let mut fold_of = std::collections::HashMap::new();
+    let mut folds = std::collections::BTreeSet::new();
+    for row in csv.records().map(Result::unwrap) {
+        let fold: usize = row[2].parse().expect("a fold number");
+        folds.insert(fold);
+        let first = *fold_of.entry(row[0].to_string()).or_insert(fold);
+        assert_eq!(first, fold, "visitor {} in two folds", &row[0]);
+    }
+    assert_eq!(folds.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
+}
+
+/// The Python environment `scripts/python-env.sh` keeps under target/.
+fn python() -> PathBuf {
+    let out = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/python-env.sh"
+    ))
+    .output()
+    .expect("scripts/python-env.sh runs");
+    assert!(
+        out.status.success(),
+        "scripts/python-env.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8(out.stdout).unwrap();
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path.trim())
+}
+
+/// "ROC AUC: scikit-learn 0.8034, rung 0.8034" → (0.8034, 0.8034).
+fn aucs(stdout: &str) -> (f64, f64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("ROC AUC:"))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let numbers: Vec<f64> = line
+        .split([' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
+}
+
+#[test]
+fn scikit_learn_on_the_exported_rows_reproduces_rungs_held_out_roc_auc() {
+    let python = python();
+    let dir = scratch("sklearn");
+    let log = simulated_log(&dir, "6000");
+    for validation in ["time", "kfold"] {
+        // Arrange: rung trains and writes the set it fitted.
+        let (model, examples) = (
+            dir.join(format!("{validation}.json")),
+            dir.join(format!("{validation}.csv")),
+        );
+        ok(&rung(&[
+            "train",
+            "--events",
+            s(&log),
+            "--cutoffs",
+            "page-view",
+            "--validation",
+            validation,
+            "--no-plots",
+            "--out",
+            s(&model),
+            "--examples-out",
+            s(&examples),
+        ]));
+        let metrics_path = dir.join(format!("{validation}.metrics.json"));
+        let metrics: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&metrics_path).unwrap()).unwrap();
+        let held_out = metrics["held_out"].as_str().unwrap();
+        let reported = metrics[held_out]["roc_auc"].as_f64().unwrap();
+
+        // Act: the README's recipe.
+        let out = Command::new(&python)
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/fit_sklearn.py"
+            ))
+            .args([s(&examples), s(&metrics_path)])
+            .output()
+            .unwrap();
+
+        // Assert: the same figure, to the solvers' tolerance.
+        let stdout = ok(&out);
+        let (sklearn, rung_said) = aucs(&stdout);
+        assert!((rung_said - reported).abs() < 1e-4, "{stdout}");
+        assert!(
+            (sklearn - reported).abs() <= 0.002,
+            "{validation}: scikit-learn {sklearn} vs rung {reported}\n{stdout}"
+        );
+    }
+}
