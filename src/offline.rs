@@ -48,6 +48,13 @@ pub struct MappingArgs {
     /// Event name column (names go through the taxonomy's aliases).
     #[arg(long = "event-col")]
     event: Option<String>,
+    /// No event column: every row is this event (a log of views only).
+    #[arg(long, conflicts_with = "event")]
+    event_value: Option<String>,
+    /// EVENT=PATH: a file or folder of the log whose every row is EVENT (a
+    /// log with one file per event kind); repeat, and mix with --events.
+    #[arg(long, value_parser = parse_events_of)]
+    events_of: Vec<(String, PathBuf)>,
     /// Item (product) id column.
     #[arg(long = "item-col")]
     item: Option<String>,
@@ -96,6 +103,9 @@ impl MappingArgs {
         if let Some(c) = &self.event {
             m.event = column(c);
         }
+        if let Some(v) = &self.event_value {
+            m.event = Column::Value { value: v.clone() };
+        }
         if let Some(c) = &self.item {
             m.item = Some(column(c));
         }
@@ -121,6 +131,15 @@ fn parse_cutoffs(s: &str) -> Result<Cutoffs, String> {
                 }),
             None => Err("expected session-end, page-view or fixed:<RFC 3339 time>".into()),
         },
+    }
+}
+
+fn parse_events_of(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((event, path)) if !event.is_empty() && !path.is_empty() => {
+            Ok((event.to_string(), PathBuf::from(path)))
+        }
+        _ => Err("expected EVENT=PATH, e.g. purchase=train-purchases.csv".into()),
     }
 }
 
@@ -218,9 +237,10 @@ impl ExampleArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// The event log (CSV or JSON Lines).
-    #[arg(long, required_unless_present = "table")]
-    events: Option<PathBuf>,
+    /// The event log (CSV or JSON Lines; .gz too): files or folders of
+    /// files, repeat for more [required unless --table].
+    #[arg(long, num_args = 1.., required_unless_present_any = ["table", "events_of"])]
+    events: Vec<PathBuf>,
     /// Tabular mode: a feature table (CSV) instead of an event log.
     #[arg(long, conflicts_with = "events", requires = "label")]
     table: Option<PathBuf>,
@@ -261,9 +281,10 @@ pub struct TrainArgs {
 
 #[derive(clap::Args, Debug)]
 pub struct ExamplesArgs {
-    /// The event log (CSV or JSON Lines).
-    #[arg(long)]
-    events: PathBuf,
+    /// The event log (CSV or JSON Lines; .gz too): files or folders of
+    /// files, repeat for more.
+    #[arg(long, num_args = 1.., required_unless_present = "events_of")]
+    events: Vec<PathBuf>,
     /// Where the CSV goes.
     #[arg(long)]
     out: PathBuf,
@@ -328,16 +349,33 @@ impl Progress for Bars {
 }
 
 fn read_log(
-    path: &Path,
+    paths: &[PathBuf],
     mapping: &MappingArgs,
     taxonomy: &Taxonomy,
     max_bad_rows: usize,
     bars: &Bars,
 ) -> anyhow::Result<EventLog> {
+    let named: Vec<(PathBuf, Option<String>)> = paths
+        .iter()
+        .map(|p| (p.clone(), None))
+        .chain(
+            mapping
+                .events_of
+                .iter()
+                .map(|(e, p)| (p.clone(), Some(e.clone()))),
+        )
+        .collect();
     let mapping = mapping.mapping()?;
-    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let files = eventlog::files_of(&named)?;
+    let size = files
+        .iter()
+        .map(|f| std::fs::metadata(&f.path).map_or(0, |m| m.len()))
+        .sum();
+    if files.len() > 1 {
+        eprintln!("reading {} files", files.len());
+    }
     bars.bytes("reading the event log", size);
-    let log = eventlog::read(path, &mapping, taxonomy, max_bad_rows, &|n| bars.set(n));
+    let log = eventlog::read_files(&files, &mapping, taxonomy, max_bad_rows, &|n| bars.set(n));
     bars.done();
     let log = log?;
     eprintln!(
@@ -369,14 +407,14 @@ fn read_log(
         eprintln!("{report}");
     }
     for b in log.bad_rows.iter().take(5) {
-        eprintln!("skipped line {}: {}", b.line, b.reason);
+        eprintln!("skipped {} line {}: {}", b.file.display(), b.line, b.reason);
     }
     Ok(log)
 }
 
 /// Reads the log and builds its examples, with the parts they serve.
 fn prepare(
-    events: &Path,
+    events: &[PathBuf],
     args: &ExampleArgs,
     opts: &TrainOptions,
     bars: &Bars,
@@ -435,9 +473,10 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if args.table.is_some() {
         return train_table(&args);
     }
-    let Some(events) = &args.events else {
+    let events = &args.events;
+    if events.is_empty() && args.examples.mapping.events_of.is_empty() {
         bail!("--events or --table is required");
-    };
+    }
     let bars = Bars::new();
     let mut opts = args.examples.options();
     opts.class_weight = args.class_weight;
@@ -448,9 +487,11 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     opts.description = format!(
         "trained by rung train on {} ({} visitors, {} events)",
         events
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("events"),
+            .iter()
+            .chain(args.examples.mapping.events_of.iter().map(|(_, p)| p))
+            .map(|e| e.file_name().and_then(|n| n.to_str()).unwrap_or("events"))
+            .collect::<Vec<_>>()
+            .join(", "),
         log.visitors.len(),
         log.events
     );
@@ -535,9 +576,10 @@ pub struct EvaluateArgs {
     /// The model artifact (JSON) to judge.
     #[arg(long)]
     model: PathBuf,
-    /// The event log (CSV or JSON Lines).
-    #[arg(long)]
-    events: PathBuf,
+    /// The event log (CSV or JSON Lines; .gz too): files or folders of
+    /// files, repeat for more.
+    #[arg(long, num_args = 1.., required_unless_present = "events_of")]
+    events: Vec<PathBuf>,
     #[command(flatten)]
     mapping: MappingArgs,
     /// Where histories are cut into examples: session-end, page-view, or
@@ -602,7 +644,12 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
             .collect();
     let m = evaluation::evaluate(&p, &ex.y, true);
     let l = evaluation::evaluate(&ex.ladder_score, &ex.y, false);
-    println!("model {} on {}", artifact.version, args.events.display());
+    let names: Vec<String> = args
+        .events
+        .iter()
+        .map(|e| e.display().to_string())
+        .collect();
+    println!("model {} on {}", artifact.version, names.join(", "));
     println!("{}", report::comparison(&m, &l));
     if let Some(dir) = &args.report_dir {
         std::fs::create_dir_all(dir)?;

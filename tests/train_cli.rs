@@ -507,3 +507,101 @@ fn every_flag_has_help_text() {
         }
     }
 }
+
+/// The rows of `log` (rung's layout) sorted, as a set to compare exports.
+fn sorted_lines(path: &Path) -> Vec<String> {
+    let mut lines: Vec<String> = std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn a_log_in_several_files_gzipped_in_a_folder_or_one_file_per_event_kind_reads_as_one() {
+    use std::io::Write;
+    // Arrange: one simulated log, and the same rows laid out three more ways.
+    let dir = scratch("many-files");
+    let log = simulated_log(&dir, "1200");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines = text.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let (first, second) = rows.split_at(rows.len() / 2);
+    // Two files in a folder, the second gzipped.
+    let folder = dir.join("folder");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(
+        folder.join("a.csv"),
+        format!("{header}\n{}\n", first.join("\n")),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(
+        std::fs::File::create(folder.join("b.csv.gz")).unwrap(),
+        flate2::Compression::fast(),
+    );
+    write!(gz, "{header}\n{}\n", second.join("\n")).unwrap();
+    gz.finish().unwrap();
+    // One file per event kind, without the event column (rung's layout:
+    // visitor_id,time,type,...).
+    let kinds_dir = dir.join("kinds");
+    std::fs::create_dir_all(&kinds_dir).unwrap();
+    let mut kinds: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+    for row in &rows {
+        let mut fields: Vec<&str> = row.split(',').collect();
+        let kind = fields.remove(2);
+        kinds.entry(kind).or_default().push(fields.join(","));
+    }
+    let mut cols: Vec<&str> = header.split(',').collect();
+    assert_eq!(cols.remove(2), "type");
+    let mut per_kind = Vec::new();
+    for (kind, rows) in &kinds {
+        let path = kinds_dir.join(format!("{kind}.csv"));
+        std::fs::write(&path, format!("{}\n{}\n", cols.join(","), rows.join("\n"))).unwrap();
+        per_kind.push(format!("--events-of={kind}={}", s(&path)));
+    }
+    assert!(kinds.len() > 10, "{} kinds", kinds.len());
+
+    // Act
+    let export = |name: &str, source: &[String]| {
+        let out = dir.join(format!("{name}.csv"));
+        let mut args = vec!["examples".to_string(), "--validation=kfold".into()];
+        args.extend(source.iter().cloned());
+        args.extend(["--out".into(), s(&out).into()]);
+        let run = rung(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            run.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        (
+            sorted_lines(&out),
+            String::from_utf8_lossy(&run.stderr).into_owned(),
+        )
+    };
+    let (whole, said) = export("whole", &[format!("--events={}", s(&log))]);
+    let (parts, _) = export(
+        "parts",
+        &[
+            format!("--events={}", s(&folder.join("a.csv"))),
+            format!("--events={}", s(&folder.join("b.csv.gz"))),
+        ],
+    );
+    let (in_folder, _) = export("folder", &[format!("--events={}", s(&folder))]);
+    let (by_kind, _) = export("kinds", &per_kind);
+
+    // Assert: the same examples, in the same folds, every way.
+    assert!(whole.len() > 100);
+    assert_eq!(parts, whole);
+    assert_eq!(in_folder, whole);
+    assert_eq!(by_kind, whole);
+    // What was read is said before anything is built.
+    let purchases = rows.iter().filter(|r| r.contains(",purchase,")).count();
+    assert!(said.contains("events from 2026-01-01T"), "{said}");
+    assert!(
+        said.contains(&format!(" purchase {purchases}")),
+        "{purchases} purchases: {said}"
+    );
+}

@@ -22,6 +22,11 @@ use crate::domain::{Event, ItemKey, Millis, Taxonomy};
 pub enum Column {
     Index(usize),
     Name(String),
+    /// No column: every row has this value (`event = { value = "view_item" }`
+    /// for a log with one file per event kind, or whose rows are all views).
+    Value {
+        value: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -192,9 +197,10 @@ impl Mapping {
     }
 }
 
-/// A row that could not be read, by its 1-based line number.
+/// A row that could not be read, by its file and 1-based line number.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRow {
+    pub file: PathBuf,
     pub line: u64,
     pub reason: String,
 }
@@ -208,16 +214,19 @@ pub enum LogError {
     },
     #[error("column {column:?} is not in the header of {}", path.display())]
     MissingColumn { path: PathBuf, column: String },
-    #[error("{} has {count} malformed rows (more than --max-bad-rows {max}); the first: line {}: {}", path.display(), first.line, first.reason)]
+    #[error("{} holds no files to read", path.display())]
+    NoFiles { path: PathBuf },
+    #[error("{what} has {count} malformed rows (more than --max-bad-rows {max}); the first: {} line {}: {}", first.file.display(), first.line, first.reason)]
     TooManyBadRows {
-        path: PathBuf,
+        what: String,
         count: usize,
         max: usize,
         first: BadRow,
     },
-    #[error("{} holds no events that rung can use: {rows} rows read, {filtered} filtered out, {bad} malformed; {unmapped}", path.display())]
+    #[error("{what} holds no events that rung can use: {rows} rows read, {filtered} filtered out, {bad} malformed; {unmapped}")]
     Empty {
-        path: PathBuf,
+        /// The file, or how many files from where.
+        what: String,
         rows: u64,
         filtered: u64,
         bad: usize,
@@ -304,6 +313,7 @@ trait Row {
 enum ResolvedColumn {
     Index(usize),
     Path(Vec<String>),
+    Value(String),
 }
 
 struct CsvRow<'a>(&'a csv::StringRecord);
@@ -312,6 +322,7 @@ impl Row for CsvRow<'_> {
     fn get(&self, c: &ResolvedColumn) -> Option<String> {
         match c {
             ResolvedColumn::Index(i) => self.0.get(*i).map(|s| s.trim().to_string()),
+            ResolvedColumn::Value(v) => Some(v.clone()),
             ResolvedColumn::Path(_) => None,
         }
     }
@@ -321,8 +332,10 @@ struct JsonRow(serde_json::Value);
 
 impl Row for JsonRow {
     fn get(&self, c: &ResolvedColumn) -> Option<String> {
-        let ResolvedColumn::Path(path) = c else {
-            return None;
+        let path = match c {
+            ResolvedColumn::Path(path) => path,
+            ResolvedColumn::Value(v) => return Some(v.clone()),
+            ResolvedColumn::Index(_) => return None,
         };
         let mut v = &self.0;
         for part in path {
@@ -351,6 +364,50 @@ struct Columns {
     only: Option<(ResolvedColumn, String)>,
 }
 
+/// One file of an event log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    pub path: PathBuf,
+    /// Every row of the file is this event, whatever the mapping says (a
+    /// log with one file per event kind).
+    pub event: Option<String>,
+}
+
+/// The files `paths` name, each with the event every row of it is, if
+/// given: a file as it is, a folder's files (not its sub-folders, nor
+/// hidden files) in name order.
+pub fn files_of(paths: &[(PathBuf, Option<String>)]) -> Result<Vec<Source>, LogError> {
+    let mut files = Vec::new();
+    for (path, event) in paths {
+        let source = |path: PathBuf| Source {
+            path,
+            event: event.clone(),
+        };
+        let io = |source| LogError::Io {
+            path: path.clone(),
+            source,
+        };
+        if !path.is_dir() {
+            files.push(source(path.clone()));
+            continue;
+        }
+        let mut inside = Vec::new();
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            let entry = entry.map_err(io)?;
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if !hidden && entry.file_type().map_err(io)?.is_file() {
+                inside.push(entry.path());
+            }
+        }
+        if inside.is_empty() {
+            return Err(LogError::NoFiles { path: path.clone() });
+        }
+        inside.sort();
+        files.extend(inside.into_iter().map(source));
+    }
+    Ok(files)
+}
+
 /// Reads an event log. `progress` is told how many bytes have been read.
 pub fn read(
     path: &Path,
@@ -359,11 +416,77 @@ pub fn read(
     max_bad_rows: usize,
     progress: &dyn Fn(u64),
 ) -> Result<EventLog, LogError> {
-    let file = std::fs::File::open(path).map_err(|source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    read_from(file, path, mapping, taxonomy, max_bad_rows, progress)
+    read_files(
+        &[Source {
+            path: path.to_path_buf(),
+            event: None,
+        }],
+        mapping,
+        taxonomy,
+        max_bad_rows,
+        progress,
+    )
+}
+
+/// Reads one event log from several files, each with its own header if the
+/// mapping has headers; a name ending `.gz` is decompressed. `progress` is
+/// told how many bytes of the files (as stored) have been read in all.
+pub fn read_files(
+    files: &[Source],
+    mapping: &Mapping,
+    taxonomy: &Taxonomy,
+    max_bad_rows: usize,
+    progress: &dyn Fn(u64),
+) -> Result<EventLog, LogError> {
+    let mut builder = Builder::new(taxonomy);
+    let mut before = 0;
+    for Source { path, event } in files {
+        let file = std::fs::File::open(path).map_err(|source| LogError::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let constant;
+        let mapping = match event {
+            None => mapping,
+            Some(value) => {
+                constant = Mapping {
+                    event: Column::Value {
+                        value: value.clone(),
+                    },
+                    ..mapping.clone()
+                };
+                &constant
+            }
+        };
+        let size = file.metadata().map_or(0, |m| m.len());
+        let counted = CountingReader {
+            inner: file,
+            read: 0,
+            progress: &|n| progress(before + n),
+        };
+        if path.extension().is_some_and(|e| e == "gz") {
+            read_into(
+                &mut builder,
+                flate2::read::MultiGzDecoder::new(counted),
+                path,
+                mapping,
+            )?;
+        } else {
+            read_into(&mut builder, counted, path, mapping)?;
+        }
+        before += size;
+    }
+    let what = match files {
+        [one] => one.path.display().to_string(),
+        _ => format!(
+            "{} files ({} …)",
+            files.len(),
+            files
+                .first()
+                .map_or(String::new(), |f| f.path.display().to_string())
+        ),
+    };
+    finish(builder, what, max_bad_rows)
 }
 
 /// Reads an event log from any reader; `path` only names it in errors.
@@ -375,23 +498,35 @@ pub fn read_from(
     max_bad_rows: usize,
     progress: &dyn Fn(u64),
 ) -> Result<EventLog, LogError> {
-    let io = |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let mut builder = Builder::new(taxonomy);
     let counted = CountingReader {
         inner: input,
         read: 0,
         progress,
     };
-    let mut builder = Builder::new(taxonomy);
+    read_into(&mut builder, counted, path, mapping)?;
+    finish(builder, path.display().to_string(), max_bad_rows)
+}
+
+/// Adds one file's rows to `builder`.
+fn read_into(
+    builder: &mut Builder<'_>,
+    input: impl Read,
+    path: &Path,
+    mapping: &Mapping,
+) -> Result<(), LogError> {
+    let io = |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    builder.file = path.to_path_buf();
     match mapping.format {
         FileFormat::Csv => {
             let mut reader = csv::ReaderBuilder::new()
                 .delimiter(mapping.delimiter as u8)
                 .has_headers(mapping.header)
                 .flexible(true)
-                .from_reader(counted);
+                .from_reader(input);
             let header: Option<Vec<String>> = if mapping.header {
                 let h = reader.headers().map_err(|e| io(std::io::Error::other(e)))?;
                 Some(
@@ -404,6 +539,7 @@ pub fn read_from(
             };
             let cols = resolve(mapping, |c| match c {
                 Column::Index(i) => Ok(ResolvedColumn::Index(*i)),
+                Column::Value { value } => Ok(ResolvedColumn::Value(value.clone())),
                 Column::Name(n) => header
                     .as_ref()
                     .and_then(|h| h.iter().position(|x| x == n))
@@ -434,8 +570,9 @@ pub fn read_from(
                     n.split('.').map(str::to_string).collect(),
                 )),
                 Column::Index(i) => Ok(ResolvedColumn::Path(vec![i.to_string()])),
+                Column::Value { value } => Ok(ResolvedColumn::Value(value.clone())),
             })?;
-            for (i, line) in BufReader::new(counted).lines().enumerate() {
+            for (i, line) in BufReader::new(input).lines().enumerate() {
                 let n = i as u64 + 1;
                 let line = line.map_err(io)?;
                 if line.trim().is_empty() {
@@ -448,10 +585,15 @@ pub fn read_from(
             }
         }
     }
+    Ok(())
+}
+
+/// The log `builder` holds, or why it cannot be used.
+fn finish(builder: Builder<'_>, what: String, max_bad_rows: usize) -> Result<EventLog, LogError> {
     let log = builder.finish();
     if log.bad_rows.len() > max_bad_rows {
         return Err(LogError::TooManyBadRows {
-            path: path.to_path_buf(),
+            what,
             count: log.bad_rows.len(),
             max: max_bad_rows,
             first: log.bad_rows[0].clone(),
@@ -459,7 +601,7 @@ pub fn read_from(
     }
     if log.events == 0 {
         return Err(LogError::Empty {
-            path: path.to_path_buf(),
+            what,
             rows: log.rows,
             filtered: log.filtered,
             bad: log.bad_rows.len(),
@@ -513,6 +655,8 @@ struct Builder<'t> {
     taxonomy: &'t Taxonomy,
     index: HashMap<String, usize>,
     log: EventLog,
+    /// The file being read.
+    file: PathBuf,
 }
 
 impl<'t> Builder<'t> {
@@ -521,12 +665,17 @@ impl<'t> Builder<'t> {
             taxonomy,
             index: HashMap::new(),
             log: EventLog::default(),
+            file: PathBuf::new(),
         }
     }
 
     fn bad(&mut self, line: u64, reason: String) {
         self.log.rows += 1;
-        self.log.bad_rows.push(BadRow { line, reason });
+        self.log.bad_rows.push(BadRow {
+            file: self.file.clone(),
+            line,
+            reason,
+        });
     }
 
     fn row(&mut self, line: u64, row: &dyn Row, cols: &Columns, unit: TimeUnit) {
@@ -680,6 +829,26 @@ mod tests {
             max_bad,
             &|_| {},
         )
+    }
+
+    #[test]
+    fn a_constant_event_from_the_mapping_file_names_every_row() {
+        let (_d, p) = write(
+            "views.csv",
+            "user,ts\nu1,2019-10-01T00:00:00Z\nu1,2019-10-01T00:05:00Z\nu2,2019-10-01T00:06:00Z\n",
+        );
+        let mapping = Mapping::from_toml(
+            "format = \"csv\"\nvisitor = [\"user\"]\ntime = \"ts\"\ntime_unit = \"text\"\nevent = { value = \"view_item\" }\n",
+        )
+        .unwrap();
+        let log = read(&p, &mapping, &Taxonomy::builtin(), 0, &|_| {}).unwrap();
+        let view = Taxonomy::builtin().resolve("view_item").unwrap();
+        assert_eq!(log.events, 3);
+        assert!(log
+            .visitors
+            .iter()
+            .flat_map(|(_, e)| e)
+            .all(|e| e.kind == view));
     }
 
     #[test]

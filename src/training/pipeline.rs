@@ -229,7 +229,7 @@ pub fn prepare(
             validation_share,
             test_share,
         } => time_parts(&examples, horizon_ms, *validation_share, *test_share),
-        Validation::KFold { folds, seed } => fold_parts(&examples, *folds, *seed),
+        Validation::KFold { folds, seed } => fold_parts(&examples, visitors, *folds, *seed),
     };
     Ok(Prepared {
         examples,
@@ -315,13 +315,19 @@ fn time_bounds(all: &Examples, validation_share: f64, test_share: f64) -> (i64, 
     )
 }
 
-/// A visitor's examples always in one fold.
-fn fold_parts(all: &Examples, folds: usize, seed: u64) -> Vec<Part> {
+/// A visitor's examples always in one fold, chosen by a hash of the
+/// visitor's id: the same whatever order the log's files come in.
+fn fold_parts(
+    all: &Examples,
+    visitors: &[(String, Vec<Event>)],
+    folds: usize,
+    seed: u64,
+) -> Vec<Part> {
     let folds = folds.max(2);
     all.visitor
         .iter()
-        .map(|v| {
-            let h = crate::domain::event::stable_hash(&format!("{seed}:{v}"));
+        .map(|&v| {
+            let h = crate::domain::event::stable_hash(&format!("{seed}:{}", visitors[v].0));
             Part::Fold((h % folds as u64) as usize)
         })
         .collect()
