@@ -579,9 +579,15 @@ fn k_fold(
     })
 }
 
+/// How far the L2 search may widen past the grid's edges (per example).
+const WIDEST_LAMBDA: (f64, f64) = (1e-9, 10.0);
+
 /// Tries every λ, judged by the log loss of the predictions `predict_at`
 /// makes for examples labelled `y`; a solver failure at one strength is
-/// recorded, not fatal. Returns the trials, the best λ and its predictions.
+/// recorded, not fatal. When the best strength is at an edge of the grid,
+/// the grid widens that way, tenfold at a time, until the best is inside
+/// it (or [`WIDEST_LAMBDA`] is reached). Returns the trials in order of
+/// strength, the best λ and its predictions.
 fn choose_lambda(
     opts: &TrainOptions,
     progress: &dyn Progress,
@@ -589,10 +595,11 @@ fn choose_lambda(
     predict_at: impl Fn(f64) -> Result<Vec<f64>, TrainError>,
 ) -> Result<(Vec<AlphaTrial>, f64, Vec<f64>), TrainError> {
     progress.step("choosing the L2 strength", Some(opts.lambdas.len() as u64));
-    let mut trials = Vec::new();
+    let mut trials: Vec<AlphaTrial> = Vec::new();
     let mut last_err = None;
     let mut best: Option<(f64, f64, Vec<f64>)> = None;
-    for (n, &lambda) in opts.lambdas.iter().enumerate() {
+    let mut queue: std::collections::VecDeque<f64> = opts.lambdas.iter().copied().collect();
+    while let Some(lambda) = queue.pop_front() {
         let loss = match predict_at(lambda) {
             Ok(p) => {
                 let loss = log_loss(&p, y);
@@ -612,9 +619,15 @@ fn choose_lambda(
             lambda,
             validation_log_loss: loss,
         });
-        progress.set(n as u64 + 1);
+        progress.set(trials.len() as u64);
+        if queue.is_empty() {
+            if let Some(next) = widen(&trials, best.as_ref().map(|b| b.0)) {
+                queue.push_back(next);
+            }
+        }
     }
     progress.done();
+    trials.sort_by(|a, b| a.lambda.total_cmp(&b.lambda));
     match best {
         Some((lambda, _, p)) => Ok((trials, lambda, p)),
         None => {
@@ -622,6 +635,27 @@ fn choose_lambda(
                 .unwrap_or_else(|| TrainError::NoExamples("no L2 strength was tried".into())))
         }
     }
+}
+
+/// The next strength to try when `best` sits at an edge of those tried.
+fn widen(trials: &[AlphaTrial], best: Option<f64>) -> Option<f64> {
+    let best = best?;
+    let (lo, hi) = trials.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), t| {
+        (lo.min(t.lambda), hi.max(t.lambda))
+    });
+    if trials.len() < 2 {
+        return None;
+    }
+    let next = if best == lo {
+        lo / 10.0
+    } else if best == hi {
+        hi * 10.0
+    } else {
+        return None;
+    };
+    (WIDEST_LAMBDA.0..=WIDEST_LAMBDA.1)
+        .contains(&next)
+        .then_some(next)
 }
 
 /// Fits with λ × rows as linfa's alpha; with balanced class weights the
@@ -671,4 +705,40 @@ pub fn predict(f: &Fitted, data: &Examples) -> Vec<f64> {
         .into_iter()
         .map(|r| f.probability(r.as_slice().expect("rows of a standard-layout array")))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Predictions whose log loss is lowest at `at`: every example gets
+    /// probability 0.5 ± the distance from `at` in decades.
+    fn best_at(at: f64) -> impl Fn(f64) -> Result<Vec<f64>, TrainError> {
+        move |lambda: f64| {
+            let off = (lambda.log10() - at.log10()).abs().min(4.0) / 10.0;
+            Ok(vec![0.5 + off, 0.5 - off])
+        }
+    }
+
+    #[test]
+    fn the_l2_search_widens_past_an_edge_until_the_best_is_inside() {
+        let opts = TrainOptions::default(); // 1e-5 ..= 1e-1
+        let y = [false, true];
+        // Best at 10 (two decades above the grid): 1 and 10 are added; 100
+        // would pass the widest strength allowed.
+        let (trials, lambda, _) = choose_lambda(&opts, &Quiet, &y, best_at(10.0)).unwrap();
+        let tried: Vec<f64> = trials.iter().map(|t| t.lambda).collect();
+        assert_eq!(lambda, 10.0);
+        assert_eq!(tried.len(), 7, "{tried:?}");
+        assert!((tried[5] - 1.0).abs() < 1e-12 && (tried[6] - 10.0).abs() < 1e-12);
+        // Best at 1e-7: widened down by two decades, then once more to see
+        // that 1e-8 is worse.
+        let (trials, lambda, _) = choose_lambda(&opts, &Quiet, &y, best_at(1e-7)).unwrap();
+        assert!((lambda - 1e-7).abs() < 1e-19, "{lambda}");
+        assert_eq!(trials.len(), 8);
+        assert!(trials.windows(2).all(|w| w[0].lambda < w[1].lambda));
+        // Best inside the grid: nothing is added.
+        let (trials, lambda, _) = choose_lambda(&opts, &Quiet, &y, best_at(1e-3)).unwrap();
+        assert_eq!((trials.len(), lambda), (5, 1e-3));
+    }
 }
