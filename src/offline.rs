@@ -277,6 +277,12 @@ pub struct TrainArgs {
     /// Write no SVG plots.
     #[arg(long)]
     no_plots: bool,
+    /// With the time split: after the final fit, refit the intercept alone
+    /// on the validation part (the most recent data before the test part),
+    /// for a base rate that drifts; the test part's calibration error is
+    /// reported before and after.
+    #[arg(long)]
+    recalibrate: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -477,8 +483,12 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     if events.is_empty() && args.examples.mapping.events_of.is_empty() {
         bail!("--events or --table is required");
     }
+    if args.recalibrate && args.examples.validation == HeldOut::Kfold {
+        bail!("--recalibrate needs the time split: k folds have no most recent part to refit on");
+    }
     let bars = Bars::new();
     let mut opts = args.examples.options();
+    opts.recalibrate = args.recalibrate;
     opts.class_weight = args.class_weight;
     opts.solver = args.solver;
     opts.fit.min_positives = args.min_positives;

@@ -605,3 +605,72 @@ fn a_log_in_several_files_gzipped_in_a_folder_or_one_file_per_event_kind_reads_a
         "{purchases} purchases: {said}"
     );
 }
+
+#[test]
+fn recalibrate_refits_the_intercept_and_reports_the_test_calibration_before_and_after() {
+    let dir = scratch("recalibrate");
+    let log = simulated_log(&dir, "4000");
+    let model = dir.join("m.json");
+    let out = rung(&[
+        "train",
+        "--events",
+        s(&log),
+        "--cutoffs",
+        "page-view",
+        "--recalibrate",
+        "--no-plots",
+        "--out",
+        s(&model),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("recalibrated: intercept moved"), "{stdout}");
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("m.metrics.json")).unwrap())
+            .unwrap();
+    let r = &metrics["recalibration"];
+    assert!(r["intercept_shift"].as_f64().unwrap().is_finite(), "{r}");
+    for key in ["test_ece_before", "test_ece_after"] {
+        let ece = r[key].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&ece), "{key} = {ece}");
+    }
+    // The test figures are the recalibrated model's.
+    let test_ece = {
+        let bins = metrics["test"]["calibration"].as_array().unwrap();
+        let n: f64 = bins.iter().map(|b| b["count"].as_f64().unwrap()).sum();
+        bins.iter()
+            .map(|b| {
+                b["count"].as_f64().unwrap()
+                    * (b["mean_predicted"].as_f64().unwrap() - b["observed_rate"].as_f64().unwrap())
+                        .abs()
+            })
+            .sum::<f64>()
+            / n
+    };
+    assert!((test_ece - r["test_ece_after"].as_f64().unwrap()).abs() < 1e-12);
+    let drift = &metrics["calibration_drift"];
+    assert!(drift["fitted_base_rate"].as_f64().unwrap() > 0.0, "{drift}");
+    assert!(drift["drifted"].is_boolean(), "{drift}");
+
+    // k folds have no most recent part: refused before the log is read.
+    let refused = rung(&[
+        "train",
+        "--events",
+        s(&dir.join("missing.csv")),
+        "--validation",
+        "kfold",
+        "--recalibrate",
+        "--out",
+        s(&model),
+    ]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("--recalibrate") && !stderr.contains("missing.csv"),
+        "{stderr}"
+    );
+}

@@ -47,6 +47,21 @@ pub struct Evaluation {
     pub pr_curve: Curve,
 }
 
+impl Evaluation {
+    /// Expected calibration error over the 10 bins: the examples' weighted
+    /// mean of |mean predicted − observed rate|. `None` without bins.
+    pub fn expected_calibration_error(&self) -> Option<f64> {
+        let n: usize = self.calibration.iter().map(|b| b.count).sum();
+        (n > 0).then(|| {
+            self.calibration
+                .iter()
+                .map(|b| b.count as f64 * (b.mean_predicted - b.observed_rate).abs())
+                .sum::<f64>()
+                / n as f64
+        })
+    }
+}
+
 /// Evaluates `scores` against `labels`. With `probabilities`, also log
 /// loss, Brier and calibration.
 pub fn evaluate(scores: &[f64], labels: &[bool], probabilities: bool) -> Evaluation {

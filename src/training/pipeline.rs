@@ -58,6 +58,10 @@ pub struct TrainOptions {
     pub fit: FitOptions,
     pub solver: Solver,
     pub description: String,
+    /// Time split: after the final fit, refit the intercept alone on the
+    /// validation part (the most recent data before the test part), for
+    /// when the base rate drifts.
+    pub recalibrate: bool,
 }
 
 impl Default for TrainOptions {
@@ -74,6 +78,7 @@ impl Default for TrainOptions {
             fit: FitOptions::default(),
             solver: Solver::Fused,
             description: String::new(),
+            recalibrate: false,
         }
     }
 }
@@ -192,9 +197,46 @@ pub struct TrainOutcome {
     /// Time split: the model fitted on the training part at the chosen
     /// strength, on the validation part.
     pub validation: Option<Evaluation>,
+    /// With [`TrainOptions::recalibrate`]: what refitting the intercept did.
+    pub recalibration: Option<Recalibration>,
     pub trials: Vec<AlphaTrial>,
     pub chosen_lambda: f64,
     pub sizes: SplitSizes,
+}
+
+/// The intercept refitted on the validation part, and the test part's
+/// expected calibration error before and after.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Recalibration {
+    pub intercept_shift: f64,
+    pub test_ece_before: Option<f64>,
+    pub test_ece_after: Option<f64>,
+}
+
+/// The shift δ that makes `sigmoid(logit + δ)` fit `y` best (log loss):
+/// where the mean prediction equals the base rate. Newton's method on one
+/// variable; 0 for an empty or one-class part.
+pub fn intercept_shift(logits: &[f64], y: &[bool]) -> f64 {
+    let positives = y.iter().filter(|&&l| l).count();
+    if positives == 0 || positives == y.len() {
+        return 0.0;
+    }
+    let sigmoid = crate::scoring::model::sigmoid;
+    let mut shift = 0.0;
+    for _ in 0..100 {
+        let (mut gradient, mut curvature) = (0.0, 0.0);
+        for (&z, &label) in logits.iter().zip(y) {
+            let p = sigmoid(z + shift);
+            gradient += p - f64::from(u8::from(label));
+            curvature += p * (1.0 - p);
+        }
+        let step = gradient / curvature.max(1e-12);
+        shift -= step.clamp(-5.0, 5.0);
+        if step.abs() < 1e-12 {
+            break;
+        }
+    }
+    shift
 }
 
 /// Builds the point-in-time examples and says which part each serves.
@@ -347,14 +389,37 @@ pub fn train(
         Validation::KFold { folds, .. } => k_fold(prepared, opts, (*folds).max(2), progress)?,
     };
     let Split {
-        predicted,
+        mut predicted,
         held_out,
         validation,
-        final_fit,
+        mut final_fit,
         trials,
         lambda: chosen,
         sizes,
     } = split;
+    let recalibration = match (&opts.validation, opts.recalibrate) {
+        (Validation::Time { .. }, true) => {
+            let valid = prepared.select(|p| p == Part::Validation);
+            let logits: Vec<f64> = predict(&final_fit, &valid)
+                .iter()
+                .map(|p| {
+                    let p = p.clamp(1e-15, 1.0 - 1e-15);
+                    (p / (1.0 - p)).ln()
+                })
+                .collect();
+            let shift = intercept_shift(&logits, &valid.y);
+            let before = evaluate(&predicted, &held_out.y, true).expected_calibration_error();
+            final_fit.intercept += shift;
+            predicted = predict(&final_fit, &held_out);
+            Some(Recalibration {
+                intercept_shift: shift,
+                test_ece_before: before,
+                test_ece_after: evaluate(&predicted, &held_out.y, true)
+                    .expected_calibration_error(),
+            })
+        }
+        _ => None,
+    };
     let model = evaluate(&predicted, &held_out.y, true);
     let ladder = evaluate(&held_out.ladder_score, &held_out.y, false);
     let mut artifact = ModelArtifact {
@@ -387,6 +452,7 @@ pub fn train(
         model,
         ladder,
         validation,
+        recalibration,
         trials,
         chosen_lambda: chosen,
         sizes,
@@ -740,5 +806,21 @@ mod tests {
         // Best inside the grid: nothing is added.
         let (trials, lambda, _) = choose_lambda(&opts, &Quiet, &y, best_at(1e-3)).unwrap();
         assert_eq!((trials.len(), lambda), (5, 1e-3));
+    }
+
+    #[test]
+    fn the_refitted_intercept_makes_the_mean_prediction_the_base_rate() {
+        // Logits that predict about 12% where 3 of 10 bought: the first-order
+        // condition of log loss in the intercept is Σ p = Σ y.
+        let logits = [-2.0, -1.5, -2.5, -2.0, -1.0, -3.0, -2.2, -1.8, -2.0, -1.9];
+        let y = [
+            true, false, true, false, true, false, false, false, false, false,
+        ];
+        let shift = intercept_shift(&logits, &y);
+        let sigmoid = crate::scoring::model::sigmoid;
+        let sum: f64 = logits.iter().map(|z| sigmoid(z + shift)).sum();
+        assert!((sum - 3.0).abs() < 1e-9, "Σp = {sum}, shift {shift}");
+        assert!(shift > 0.5, "{shift}");
+        assert_eq!(intercept_shift(&logits, &[false; 10]), 0.0);
     }
 }

@@ -45,6 +45,10 @@ pub fn metrics_json(o: &TrainOutcome) -> serde_json::Value {
         "chosen_l2_per_example": o.chosen_lambda,
         "l2_search": trials,
     });
+    m["calibration_drift"] = json!(drift(o));
+    if let Some(r) = &o.recalibration {
+        m["recalibration"] = json!(r);
+    }
     match o.sizes.folds {
         None => {
             m["held_out"] = "test".into();
@@ -66,6 +70,30 @@ pub fn metrics_json(o: &TrainOutcome) -> serde_json::Value {
         }
     }
     m
+}
+
+/// The fitted rows' base rate against the held-out part's, and the
+/// held-out part's expected calibration error.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Drift {
+    pub fitted_base_rate: f64,
+    pub held_out_base_rate: f64,
+    pub held_out_ece: Option<f64>,
+    /// The held-out base rate is more than a tenth (relative) and a
+    /// percentage point away from the fitted rows'.
+    pub drifted: bool,
+}
+
+pub fn drift(o: &TrainOutcome) -> Drift {
+    let fitted = o.sizes.final_fit_positives as f64 / o.sizes.final_fit.max(1) as f64;
+    let held = o.model.base_rate;
+    let gap = (held - fitted).abs();
+    Drift {
+        fitted_base_rate: fitted,
+        held_out_base_rate: held,
+        held_out_ece: o.model.expected_calibration_error(),
+        drifted: gap > 0.01 && gap > 0.1 * fitted,
+    }
 }
 
 fn opt(x: Option<f64>) -> String {
@@ -122,6 +150,22 @@ pub fn summary(o: &TrainOutcome) -> String {
         "model {}: {} examples ({parts}); L2 per example {:e}\n",
         o.artifact.version, o.sizes.examples, o.chosen_lambda
     );
+    let d = drift(o);
+    if let Some(r) = &o.recalibration {
+        s.push_str(&format!(
+            "recalibrated: intercept moved {:+.4} on the validation part; test ECE {} → {}\n",
+            r.intercept_shift,
+            opt(r.test_ece_before),
+            opt(r.test_ece_after)
+        ));
+    } else if d.drifted {
+        s.push_str(&format!(
+            "the base rate drifted: {:.1}% in the fitted examples, {:.1}% held out (ECE {}); --recalibrate refits the intercept on the most recent validation part\n",
+            100.0 * d.fitted_base_rate,
+            100.0 * d.held_out_base_rate,
+            opt(d.held_out_ece)
+        ));
+    }
     s.push_str(&comparison(&o.model, &o.ladder));
     s
 }
