@@ -1,46 +1,14 @@
 //! The offline workflow as a data scientist runs it: simulate an event log,
 //! train, read the report, evaluate, suggest ladder points.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn rung(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rung"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("train-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::cli::{rung, s, scratch};
 
 fn simulated_log(dir: &Path, visitors: &str) -> PathBuf {
-    let log = dir.join("events.csv");
-    let out = rung(&[
-        "simulate",
-        "--visitors",
-        visitors,
-        "--seed",
-        "3",
-        "--out",
-        s(&log),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    log
+    common::cli::simulated_log(dir, visitors, "3")
 }
 
 #[test]

@@ -2,56 +2,20 @@
 //! write the very examples training builds, and scikit-learn fitted on them
 //! the way the README's recipe says reproduces rung's held-out ROC AUC.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::cli::{ok, rung, s, scratch};
 use rung::domain::Taxonomy;
 use rung::training::eventlog::{self, Preset};
 use rung::training::examples::Cutoffs;
 use rung::training::export::LEADING_COLUMNS;
 use rung::training::pipeline::{self, Part, Quiet, TrainOptions};
 
-fn rung(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rung"))
-        .args(args)
-        .env_remove("RUST_BACKTRACE")
-        .output()
-        .unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("training-set-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
 fn simulated_log(dir: &Path, visitors: &str) -> PathBuf {
-    let log = dir.join("events.csv");
-    ok(&rung(&[
-        "simulate",
-        "--visitors",
-        visitors,
-        "--seed",
-        "11",
-        "--out",
-        s(&log),
-    ]));
-    log
+    common::cli::simulated_log(dir, visitors, "11")
 }
 
 #[test]

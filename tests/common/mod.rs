@@ -1,5 +1,6 @@
 //! Test helpers: the real server on an ephemeral port, and a real client.
 #![allow(dead_code)]
+pub mod cli;
 pub mod redis;
 
 use std::net::SocketAddr;
