@@ -454,24 +454,7 @@ pub fn examples(args: ExamplesArgs) -> anyhow::Result<()> {
     let opts = args.examples.options();
     let (_, log, prepared) = prepare(&args.events, &args.examples, &opts, &bars)?;
     write_examples(&args.out, &prepared, &log)?;
-    let parts = match opts.validation {
-        Validation::Time { .. } => [
-            pipeline::Part::Train,
-            pipeline::Part::Validation,
-            pipeline::Part::Test,
-            pipeline::Part::FinalOnly,
-            pipeline::Part::Unused,
-        ]
-        .iter()
-        .map(|&p| {
-            let (n, k) = prepared.count(p);
-            format!("{} {n} ({k} purchases)", p.name())
-        })
-        .collect::<Vec<_>>()
-        .join(", "),
-        Validation::KFold { folds, .. } => format!("{folds} folds"),
-    };
-    println!("split: {parts}");
+    println!("split: {}", prepared.part_counts());
     Ok(())
 }
 

@@ -235,6 +235,16 @@ pub enum LogError {
     },
 }
 
+impl LogError {
+    /// Names `path` in an I/O error, for `map_err`.
+    fn io(path: &Path) -> impl Fn(std::io::Error) -> LogError + Copy + '_ {
+        move |source| LogError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Events grouped by visitor, sorted by time, plus what could not be used.
 #[derive(Debug, Clone, Default)]
 pub struct EventLog {
@@ -383,10 +393,7 @@ pub fn files_of(paths: &[(PathBuf, Option<String>)]) -> Result<Vec<Source>, LogE
             path,
             event: event.clone(),
         };
-        let io = |source| LogError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io = LogError::io(path);
         if !path.is_dir() {
             files.push(source(path.clone()));
             continue;
@@ -441,10 +448,7 @@ pub fn read_files(
     let mut builder = Builder::new(taxonomy);
     let mut before = 0;
     for Source { path, event } in files {
-        let file = std::fs::File::open(path).map_err(|source| LogError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let file = std::fs::File::open(path).map_err(LogError::io(path))?;
         let constant;
         let mapping = match event {
             None => mapping,
@@ -515,10 +519,7 @@ fn read_into(
     path: &Path,
     mapping: &Mapping,
 ) -> Result<(), LogError> {
-    let io = |source| LogError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io = LogError::io(path);
     builder.file = path.to_path_buf();
     match mapping.format {
         FileFormat::Csv => {

@@ -167,6 +167,34 @@ impl Prepared {
         })
     }
 
+    /// Each part's examples and purchases, as the CLI and errors print
+    /// them: `train 3082 (11 purchases), validation …`, or `5 folds`.
+    pub fn part_counts(&self) -> String {
+        let folds = self
+            .parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Fold(k) => Some(k + 1),
+                _ => None,
+            })
+            .max();
+        if let Some(folds) = folds {
+            return format!("{folds} folds");
+        }
+        [
+            Part::Train,
+            Part::Validation,
+            Part::Test,
+            Part::FinalOnly,
+            Part::Unused,
+        ]
+        .map(|p| {
+            let (n, k) = self.count(p);
+            format!("{} {n} ({k} purchases)", p.name())
+        })
+        .join(", ")
+    }
+
     fn select(&self, keep: impl Fn(Part) -> bool) -> Examples {
         self.examples.select(|i| keep(self.parts[i]))
     }
@@ -385,7 +413,10 @@ pub fn train(
 ) -> Result<TrainOutcome, TrainError> {
     let names = &prepared.names;
     let split = match &opts.validation {
-        Validation::Time { .. } => time_split(prepared, opts, progress)?,
+        Validation::Time {
+            validation_share,
+            test_share,
+        } => time_split(prepared, opts, (*validation_share, *test_share), progress)?,
         Validation::KFold { folds, .. } => k_fold(prepared, opts, (*folds).max(2), progress)?,
     };
     let Split {
@@ -508,6 +539,7 @@ struct Split {
 fn time_split(
     prepared: &Prepared,
     opts: &TrainOptions,
+    shares: (f64, f64),
     progress: &dyn Progress,
 ) -> Result<Split, TrainError> {
     let names = &prepared.names;
@@ -521,7 +553,7 @@ fn time_split(
         (Part::Test, &test),
     ] {
         if e.positives() == 0 {
-            return Err(empty_part(prepared, opts, part));
+            return Err(empty_part(prepared, opts, shares, part));
         }
     }
     let (trials, lambda, valid_p) = choose_lambda(opts, progress, &valid.y, |lambda| {
@@ -554,19 +586,13 @@ fn time_split(
 
 /// The "no purchases in a part" error, with every part's counts and what
 /// would work instead.
-fn empty_part(prepared: &Prepared, opts: &TrainOptions, part: Part) -> TrainError {
-    let counts = [
-        Part::Train,
-        Part::Validation,
-        Part::Test,
-        Part::FinalOnly,
-        Part::Unused,
-    ]
-    .map(|p| {
-        let (n, k) = prepared.count(p);
-        format!("{} {n} ({k} purchases)", p.name())
-    })
-    .join(", ");
+fn empty_part(
+    prepared: &Prepared,
+    opts: &TrainOptions,
+    (validation_share, test_share): (f64, f64),
+    part: Part,
+) -> TrainError {
+    let counts = prepared.part_counts();
     let (first, last) = prepared
         .examples
         .as_of
@@ -576,15 +602,6 @@ fn empty_part(prepared: &Prepared, opts: &TrainOptions, part: Part) -> TrainErro
         });
     let day = 86_400_000.0;
     let span_days = (last - first) as f64 / day;
-    // Each part's label windows must end before the next part starts, so a
-    // horizon longer than the validation part leaves it nearly empty.
-    let (validation_share, test_share) = match opts.validation {
-        Validation::Time {
-            validation_share,
-            test_share,
-        } => (validation_share, test_share),
-        Validation::KFold { .. } => (0.15, 0.15),
-    };
     let (t1, t2) = time_bounds(&prepared.examples, validation_share, test_share);
     let validation_days = (t2 - t1) as f64 / day;
     TrainError::EmptySplit {
