@@ -565,20 +565,24 @@ async fn open_stream(
 }
 
 async fn wait_until_stored(ch: &Channel, visitor: &str) {
-    let mut client = IntentServiceClient::new(ch.clone());
-    for _ in 0..500 {
-        let got = client
-            .get_visitor(GetVisitorRequest {
-                visitor_id: visitor.into(),
-                ..Default::default()
-            })
-            .await;
-        if got.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{visitor} never stored");
+    let client = IntentServiceClient::new(ch.clone());
+    until(
+        &format!("{visitor} stored"),
+        Duration::from_secs(10),
+        || {
+            let mut client = client.clone();
+            async move {
+                let got = client
+                    .get_visitor(GetVisitorRequest {
+                        visitor_id: visitor.into(),
+                        ..Default::default()
+                    })
+                    .await;
+                got.ok().map(|_| ())
+            }
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -663,17 +667,12 @@ async fn with_every_place_taken_a_call_is_refused_at_once_and_admitted_after() {
     let server = spawn_server(s).await;
     let ch = connect(server.addr).await;
     let (tx, stream) = open_stream(&ch).await;
-    // Once the stream's call runs, the one place is taken.
-    let mut shed = false;
-    for _ in 0..500 {
-        if call(&ch, "Score", None).await == Code::ResourceExhausted {
-            shed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-
-    assert!(shed, "a call beyond the limit is refused");
+    // Once the stream's call runs, the one place is taken: a call beyond
+    // the limit is refused.
+    until("a Score shed", Duration::from_secs(10), || async {
+        (call(&ch, "Score", None).await == Code::ResourceExhausted).then_some(())
+    })
+    .await;
     drop(tx);
     stream.await.unwrap().unwrap();
     assert_eq!(call(&ch, "Score", None).await, Code::Ok);
@@ -747,22 +746,17 @@ async fn connections_beyond_the_limit_are_closed_on_arrival() {
     );
 
     drop(held);
-    // Room again once they go.
-    let mut ok = false;
-    for _ in 0..100 {
-        if let Ok(ch) = Channel::from_shared(format!("http://{}", server.addr))
+    // Room again once they go (the server notices the closed sockets on
+    // its own time: ask until a new connection's call is answered).
+    until("a connection admitted", Duration::from_secs(10), || async {
+        let ch = Channel::from_shared(format!("http://{}", server.addr))
             .unwrap()
             .connect()
             .await
-        {
-            if call(&ch, "Score", None).await == Code::Ok {
-                ok = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ok);
+            .ok()?;
+        (call(&ch, "Score", None).await == Code::Ok).then_some(())
+    })
+    .await;
     server.stop().await;
 }
 

@@ -172,3 +172,23 @@ pub fn artifact_json() -> serde_json::Value {
     let text = std::fs::read_to_string(model_path()).expect("models/default.json exists");
     serde_json::from_str(&text).expect("artifact is JSON")
 }
+
+/// Asks `check` until it answers `Some`, and returns that; panics naming
+/// `what` once `limit` has passed. Each check is a call to the server, so
+/// the loop waits on the server's own answers, never on a fixed sleep.
+pub async fn until<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within {limit:?}"
+        );
+    }
+}
