@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::cli::{rung, s, scratch};
+use common::cli::{ok, rung, s, scratch};
 
 fn simulated_log(dir: &Path, visitors: &str) -> PathBuf {
     common::cli::simulated_log(dir, visitors, "3")
@@ -30,12 +30,7 @@ fn train_writes_an_artifact_the_server_accepts_with_metrics_and_plots() {
     ]);
 
     // Assert
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(
         stdout.contains("ROC AUC") && stdout.contains("ladder only"),
         "{stdout}"
@@ -74,11 +69,7 @@ fn train_writes_an_artifact_the_server_accepts_with_metrics_and_plots() {
 
     // And evaluate and suggest-ladder read it back.
     let eval = rung(&["evaluate", "--model", s(&model), "--events", s(&log)]);
-    assert!(
-        eval.status.success(),
-        "{}",
-        String::from_utf8_lossy(&eval.stderr)
-    );
+    ok(&eval);
     assert!(String::from_utf8_lossy(&eval.stdout).contains("PR AUC"));
     let suggest = rung(&["suggest-ladder", "--model", s(&model)]);
     assert!(suggest.status.success());
@@ -113,12 +104,7 @@ fn k_fold_validation_and_balanced_class_weights_also_train() {
         "--out",
         s(&model),
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = ok(&out);
     assert!(stdout.contains("3 folds, pooled out-of-fold"), "{stdout}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("m.metrics.json")).unwrap())
@@ -183,11 +169,7 @@ fn a_malformed_row_stops_training_naming_its_line_unless_allowed() {
         "{stderr}"
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(
-        allowed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&allowed.stderr)
-    );
+    ok(&allowed);
 }
 
 #[test]
@@ -259,12 +241,7 @@ fn tabular_mode_trains_from_a_feature_table() {
         s(&model),
     ]);
 
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(stdout.contains("ROC AUC"), "{stdout}");
     let artifact = rung::training::tabular::TableModelArtifact::from_json(
         &std::fs::read_to_string(&model).unwrap(),
@@ -590,12 +567,7 @@ fn recalibrate_refits_the_intercept_and_reports_the_test_calibration_before_and_
         "--out",
         s(&model),
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = ok(&out);
     assert!(stdout.contains("recalibrated: intercept moved"), "{stdout}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("m.metrics.json")).unwrap())
