@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rung::domain::{Millis, Taxonomy};
 use rung::scoring::{Model, ModelArtifact};
 use rung::startup::load_taxonomy;
-use rung::training::eventlog::{self, Column, EventLog, FileFormat, Mapping, Preset, TimeUnit};
+use rung::training::eventlog::{
+    self, Column, EventLog, FileFormat, Mapping, Preset, Source, TimeUnit,
+};
 use rung::training::examples::{build, data_end, Cutoffs};
 use rung::training::pipeline::{self, ClassWeight, Progress, TrainOptions, Validation};
 use rung::training::{evaluation, export, report};
@@ -361,15 +363,16 @@ fn read_log(
     max_bad_rows: usize,
     bars: &Bars,
 ) -> anyhow::Result<EventLog> {
-    let named: Vec<(PathBuf, Option<String>)> = paths
+    let named: Vec<Source> = paths
         .iter()
-        .map(|p| (p.clone(), None))
-        .chain(
-            mapping
-                .events_of
-                .iter()
-                .map(|(e, p)| (p.clone(), Some(e.clone()))),
-        )
+        .map(|p| Source {
+            path: p.clone(),
+            event: None,
+        })
+        .chain(mapping.events_of.iter().map(|(e, p)| Source {
+            path: p.clone(),
+            event: Some(e.clone()),
+        }))
         .collect();
     let mapping = mapping.mapping()?;
     let files = eventlog::files_of(&named)?;

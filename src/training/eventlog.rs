@@ -383,21 +383,20 @@ pub struct Source {
     pub event: Option<String>,
 }
 
-/// The files `paths` name, each with the event every row of it is, if
-/// given: a file as it is, a folder's files (not its sub-folders, nor
-/// hidden files) in name order.
-pub fn files_of(paths: &[(PathBuf, Option<String>)]) -> Result<Vec<Source>, LogError> {
+/// The files `sources` name: a file as it is, a folder as its files (not
+/// its sub-folders, nor hidden files) in name order, each with the
+/// folder's event.
+pub fn files_of(sources: &[Source]) -> Result<Vec<Source>, LogError> {
     let mut files = Vec::new();
-    for (path, event) in paths {
-        let source = |path: PathBuf| Source {
-            path,
-            event: event.clone(),
-        };
-        let io = LogError::io(path);
+    for Source { path, event } in sources {
         if !path.is_dir() {
-            files.push(source(path.clone()));
+            files.push(Source {
+                path: path.clone(),
+                event: event.clone(),
+            });
             continue;
         }
+        let io = LogError::io(path);
         let mut inside = Vec::new();
         for entry in std::fs::read_dir(path).map_err(io)? {
             let entry = entry.map_err(io)?;
@@ -410,7 +409,10 @@ pub fn files_of(paths: &[(PathBuf, Option<String>)]) -> Result<Vec<Source>, LogE
             return Err(LogError::NoFiles { path: path.clone() });
         }
         inside.sort();
-        files.extend(inside.into_iter().map(source));
+        files.extend(inside.into_iter().map(|path| Source {
+            path,
+            event: event.clone(),
+        }));
     }
     Ok(files)
 }
