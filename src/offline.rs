@@ -10,7 +10,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use rung::domain::{Millis, Taxonomy};
 use rung::scoring::{Model, ModelArtifact};
-use rung::startup::load_taxonomy;
 use rung::training::eventlog::{
     self, Column, EventLog, FileFormat, Mapping, Preset, Source, TimeUnit,
 };
@@ -428,7 +427,7 @@ fn prepare(
     opts: &TrainOptions,
     bars: &Bars,
 ) -> anyhow::Result<(Taxonomy, EventLog, pipeline::Prepared)> {
-    let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
+    let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
     let log = read_log(events, &args.mapping, &taxonomy, args.max_bad_rows, bars)?;
     let prepared = pipeline::prepare(&taxonomy, &log.visitors, opts, bars)?;
     Ok((taxonomy, log, prepared))
@@ -597,7 +596,7 @@ pub struct EvaluateArgs {
 }
 
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
-    let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
+    let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
     let text = std::fs::read_to_string(&args.model)
         .with_context(|| format!("reading {}", args.model.display()))?;
     let artifact: ModelArtifact = serde_json::from_str(&text)
@@ -678,7 +677,7 @@ pub struct SuggestArgs {
 /// occurrence of a type brings (count 0 → 1, i.e. ln 2 on the log scale,
 /// through the type's standardized coefficient), times a scale.
 pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
-    let taxonomy = load_taxonomy(args.taxonomy.as_deref())?;
+    let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
     let text = std::fs::read_to_string(&args.model)
         .with_context(|| format!("reading {}", args.model.display()))?;
     let artifact: ModelArtifact = serde_json::from_str(&text)?;

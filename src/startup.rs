@@ -21,16 +21,10 @@ use crate::grpc::intent_server::intent_service_server::IntentServiceServer;
 use crate::grpc::proto::audience_service_server::AudienceServiceServer;
 use crate::grpc::proto::model_service_server::ModelServiceServer;
 use crate::grpc::{proto, AudienceApi, IntentApi, ModelApi};
-use crate::scoring::Model;
 use crate::store::{RedbStore, RedisSettings, RedisStore, Store, StoreError, StoreLimits};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("cannot read taxonomy file {path}: {source}")]
-    TaxonomyFile {
-        path: PathBuf,
-        source: std::io::Error,
-    },
     #[error(transparent)]
     Taxonomy(#[from] TaxonomyError),
     #[error(transparent)]
@@ -59,25 +53,6 @@ pub enum StartupError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-pub fn load_taxonomy(path: Option<&Path>) -> Result<Taxonomy, StartupError> {
-    match path {
-        None => Ok(Taxonomy::builtin()),
-        Some(p) => {
-            let text = std::fs::read_to_string(p).map_err(|source| StartupError::TaxonomyFile {
-                path: p.to_path_buf(),
-                source,
-            })?;
-            Ok(Taxonomy::from_toml(&text)?)
-        }
-    }
-}
-
-/// The checked model in the artifact at `path`, without what
-/// [`deploy::load`] keeps beside it.
-pub fn load_model(path: &Path, taxonomy: &Taxonomy) -> Result<Model, StartupError> {
-    Ok(deploy::load(path, taxonomy)?.model)
 }
 
 /// The store the settings name: the embedded redb store in `data_dir`, or
@@ -113,7 +88,7 @@ pub async fn open_store(
 
 /// The engine the settings describe.
 pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
-    let taxonomy = Arc::new(load_taxonomy(settings.taxonomy.as_deref())?);
+    let taxonomy = Arc::new(Taxonomy::load(settings.taxonomy.as_deref())?);
     let model = deploy::load(&settings.model, &taxonomy)?;
     tracing::info!(
         model_version = model.version(),

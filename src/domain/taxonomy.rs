@@ -191,6 +191,18 @@ impl Taxonomy {
             .expect("the built-in taxonomy is checked by a unit test")
     }
 
+    /// The taxonomy in the TOML file at `path`, or the built-in one.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Taxonomy, TaxonomyError> {
+        match path {
+            None => Ok(Taxonomy::builtin()),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| err("file", format!("cannot read {}: {e}", p.display())))?;
+                Taxonomy::from_toml(&text)
+            }
+        }
+    }
+
     pub fn from_toml(text: &str) -> Result<Taxonomy, TaxonomyError> {
         let raw: RawTaxonomy =
             toml::from_str(text).map_err(|e| err("file", e.message().to_string()))?;
