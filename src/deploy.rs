@@ -143,6 +143,8 @@ pub struct ModelCard {
     pub taxonomy_fingerprint: String,
     pub horizon_days: f64,
     pub metrics: Metrics,
+    /// On standardized features, in the model's feature order.
+    pub coefficients: Vec<f64>,
 }
 
 /// A checked model, what its artifact says about it, and where and when it
@@ -230,6 +232,7 @@ pub fn load(path: &Path, taxonomy: &Taxonomy) -> Result<Deployed, DeployError> {
         taxonomy_fingerprint: artifact.taxonomy_fingerprint,
         horizon_days: artifact.horizon_days,
         metrics: artifact.metrics,
+        coefficients: artifact.coefficients,
     };
     Ok(Deployed {
         model,

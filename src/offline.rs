@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use rung::deploy;
 use rung::domain::{Millis, Taxonomy};
-use rung::scoring::{Model, ModelArtifact};
 use rung::training::eventlog::{
     self, Column, EventLog, FileFormat, Mapping, Preset, Source, TimeUnit,
 };
-use rung::training::examples::{build, data_end, Cutoffs};
+use rung::training::examples::Cutoffs;
 use rung::training::pipeline::{self, ClassWeight, Progress, TrainOptions, Validation};
-use rung::training::{evaluation, export, report};
+use rung::training::{export, report, suggest};
 
 use super::write_atomically;
 
@@ -597,12 +597,9 @@ pub struct EvaluateArgs {
 
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
-    let text = std::fs::read_to_string(&args.model)
-        .with_context(|| format!("reading {}", args.model.display()))?;
-    let artifact: ModelArtifact = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a model artifact", args.model.display()))?;
-    let model = Model::from_artifact(&artifact, &taxonomy)
-        .with_context(|| format!("model {}", args.model.display()))?;
+    // The checks the server makes before it serves a model.
+    let deployed = deploy::load(&args.model, &taxonomy)?;
+    let model = &deployed.model;
     let bars = Bars::new();
     let log = read_log(
         &args.events,
@@ -611,49 +608,35 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
         args.max_bad_rows,
         &bars,
     )?;
-    let horizon_ms = (args.horizon_days.unwrap_or(artifact.horizon_days) * 86_400_000.0) as i64;
-    bars.step(
-        "building point-in-time examples",
-        Some(log.visitors.len() as u64),
-    );
-    let ex = build(
+    let horizon_days = args.horizon_days.unwrap_or(deployed.card.horizon_days);
+    let (m, l) = pipeline::judge(
         &taxonomy,
+        model,
         &log.visitors,
         &args.cutoffs,
-        horizon_ms,
-        data_end(&log.visitors),
-        &|n| bars.set(n),
-    );
-    bars.done();
-    if ex.is_empty() {
-        bail!("no examples: no visitor has events before a cut-off with a whole label window after it");
-    }
-    let p: Vec<f64> =
-        ex.x.rows()
-            .into_iter()
-            .map(|r| {
-                model
-                    .predict(r.as_slice().expect("standard layout"))
-                    .probability
-            })
-            .collect();
-    let m = evaluation::evaluate(&p, &ex.y, true);
-    let l = evaluation::evaluate(&ex.ladder_score, &ex.y, false);
+        horizon_days,
+        &bars,
+    )?;
     let names: Vec<String> = args
         .events
         .iter()
         .map(|e| e.display().to_string())
         .collect();
-    println!("model {} on {}", artifact.version, names.join(", "));
+    println!("model {} on {}", model.version(), names.join(", "));
     println!("{}", report::comparison(&m, &l));
     if let Some(dir) = &args.report_dir {
         std::fs::create_dir_all(dir)?;
-        let json = serde_json::json!({ "model_version": artifact.version, "validation": m, "ladder_baseline": l });
+        let json = serde_json::json!({ "model_version": model.version(), "held_out": "test", "test": m, "ladder_baseline": l });
         write_atomically(
             &dir.join("metrics.json"),
             &serde_json::to_string_pretty(&json)?,
         )?;
-        report::plots(dir, &m, &l, &artifact.feature_names, &artifact.coefficients)
+        let features: Vec<String> = model
+            .feature_names()
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        report::plots(dir, &m, &l, &features, &deployed.card.coefficients)
             .map_err(|e| anyhow::anyhow!("writing plots: {e}"))?;
         println!("wrote {}", dir.display());
     }
@@ -678,34 +661,27 @@ pub struct SuggestArgs {
 /// through the type's standardized coefficient), times a scale.
 pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
     let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
-    let text = std::fs::read_to_string(&args.model)
-        .with_context(|| format!("reading {}", args.model.display()))?;
-    let artifact: ModelArtifact = serde_json::from_str(&text)?;
-    Model::from_artifact(&artifact, &taxonomy)?;
+    let model = deploy::load(&args.model, &taxonomy)?.model;
+    let suggestions = suggest::ladder_points(&model, &taxonomy, args.points_per_log_odds)
+        .context("the model lacks a count feature")?;
     println!(
         "# Ladder points suggested by model {} ({} points per unit of log-odds).",
-        artifact.version, args.points_per_log_odds
+        model.version(),
+        args.points_per_log_odds
     );
     println!("# Each is the log-odds a first occurrence adds, holding the rest fixed; review before use.");
     println!(
         "# Stages, half-lives and caps are the running taxonomy's. Changing points changes the"
     );
     println!("# ladder_points feature, so retrain the model with the new taxonomy afterwards.\n");
-    for (i, t) in taxonomy.types().iter().enumerate() {
-        let k = artifact
-            .feature_names
-            .iter()
-            .position(|n| n == &format!("count.{}", t.name))
-            .context("model lacks a count feature")?;
-        let _ = i;
-        let log_odds = artifact.coefficients[k] / artifact.scales[k] * std::f64::consts::LN_2;
-        let points = (log_odds * args.points_per_log_odds * 10.0).round() / 10.0;
+    for s in suggestions {
+        let t = &taxonomy.types()[s.type_index];
         println!("[[types]]");
         println!("name = {:?}", t.name);
         println!("stage = {:?}", t.stage.name());
         println!(
-            "points = {points:.1}  # was {}; first occurrence: {log_odds:+.3} log-odds",
-            t.points
+            "points = {:.1}  # was {}; first occurrence: {:+.3} log-odds",
+            s.points, t.points, s.log_odds
         );
         if t.half_life_ms.is_finite() {
             println!("half_life_days = {}", t.half_life_ms / 86_400_000.0);

@@ -68,9 +68,45 @@ fn train_writes_an_artifact_the_server_accepts_with_metrics_and_plots() {
     }
 
     // And evaluate and suggest-ladder read it back.
-    let eval = rung(&["evaluate", "--model", s(&model), "--events", s(&log)]);
+    let report = dir.join("evaluated");
+    let eval = rung(&[
+        "evaluate",
+        "--model",
+        s(&model),
+        "--events",
+        s(&log),
+        "--report-dir",
+        s(&report),
+    ]);
     ok(&eval);
     assert!(String::from_utf8_lossy(&eval.stdout).contains("PR AUC"));
+    let judged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(report.join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(judged["held_out"], "test");
+    assert_eq!(judged["model_version"].as_str(), Some(loaded.version()));
+    assert!(
+        judged["test"]["roc_auc"].as_f64().unwrap() > 0.6,
+        "{judged}"
+    );
+    assert!(std::fs::read_to_string(report.join("coefficients.svg"))
+        .unwrap()
+        .starts_with("<svg"));
+    // evaluate and suggest-ladder make the server's checks on the artifact:
+    // one the server would refuse, they refuse too, naming it.
+    let mut wrong: serde_json::Value = serde_json::from_str(&text).unwrap();
+    wrong["coefficients"].as_array_mut().unwrap().pop();
+    let wrong_path = dir.join("wrong.json");
+    std::fs::write(&wrong_path, wrong.to_string()).unwrap();
+    for args in [
+        vec!["evaluate", "--model", s(&wrong_path), "--events", s(&log)],
+        vec!["suggest-ladder", "--model", s(&wrong_path)],
+    ] {
+        let refused = rung(&args);
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success(), "{args:?}");
+        assert!(stderr.contains("wrong.json"), "{args:?}: {stderr}");
+    }
     let suggest = rung(&["suggest-ladder", "--model", s(&model)]);
     assert!(suggest.status.success());
     let snippet = String::from_utf8_lossy(&suggest.stdout);

@@ -248,6 +248,11 @@ impl Model {
         }
     }
 
+    /// The log-odds one unit more of feature `i` adds: coefficient ÷ scale.
+    pub fn weight(&self, i: usize) -> f64 {
+        self.weights[i]
+    }
+
     /// Feature `i`'s share of the log-odds: coefficient · standardized value.
     #[inline]
     pub fn contribution(&self, i: usize, x: f64) -> f64 {

@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod report;
 pub mod solver;
+pub mod suggest;
 pub mod tabular;
 
 #[derive(Debug, thiserror::Error)]

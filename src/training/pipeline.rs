@@ -291,7 +291,10 @@ pub fn prepare(
     progress.done();
     if examples.is_empty() {
         return Err(TrainError::NoExamples(why_no_examples(
-            visitors, opts, data_end,
+            visitors,
+            &opts.cutoffs,
+            opts.horizon_days,
+            data_end,
         )));
     }
     let parts = match &opts.validation {
@@ -313,7 +316,8 @@ pub fn prepare(
 /// Where the data starts and ends against the cut-offs and the horizon.
 fn why_no_examples(
     visitors: &[(String, Vec<Event>)],
-    opts: &TrainOptions,
+    cutoffs: &Cutoffs,
+    horizon: f64,
     data_end: Millis,
 ) -> String {
     let data_start = visitors
@@ -327,8 +331,7 @@ fn why_no_examples(
         data_end.to_rfc3339(),
         data_end.millis_since(data_start) / 86_400_000.0
     );
-    let horizon = opts.horizon_days;
-    match &opts.cutoffs {
+    match cutoffs {
         Cutoffs::Fixed(cut) if *cut <= data_start => format!(
             "the cut-off {} comes before every event: {range}; use a later cut-off",
             cut.to_rfc3339()
@@ -372,6 +375,49 @@ fn time_parts(
             }
         })
         .collect()
+}
+
+/// An existing model and the ladder alone on a log's point-in-time
+/// examples: what `rung evaluate` reports.
+pub fn judge(
+    taxonomy: &Taxonomy,
+    model: &crate::scoring::Model,
+    visitors: &[(String, Vec<Event>)],
+    cutoffs: &Cutoffs,
+    horizon_days: f64,
+    progress: &dyn Progress,
+) -> Result<(Evaluation, Evaluation), TrainError> {
+    progress.step(
+        "building point-in-time examples",
+        Some(visitors.len() as u64),
+    );
+    let end = data_end(visitors);
+    let horizon_ms = (horizon_days * 86_400_000.0) as i64;
+    let ex = build(taxonomy, visitors, cutoffs, horizon_ms, end, &|n| {
+        progress.set(n)
+    });
+    progress.done();
+    if ex.is_empty() {
+        return Err(TrainError::NoExamples(why_no_examples(
+            visitors,
+            cutoffs,
+            horizon_days,
+            end,
+        )));
+    }
+    let p: Vec<f64> =
+        ex.x.rows()
+            .into_iter()
+            .map(|r| {
+                model
+                    .predict(r.as_slice().expect("rows of a standard-layout array"))
+                    .probability
+            })
+            .collect();
+    Ok((
+        evaluate(&p, &ex.y, true),
+        evaluate(&ex.ladder_score, &ex.y, false),
+    ))
 }
 
 /// Where validation and test start: the cut-off time quantiles.
