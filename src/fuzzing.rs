@@ -245,7 +245,7 @@ fn header(preset: Preset) -> Option<&'static str> {
 /// One line of an event log, read by every preset's mapping (after the
 /// preset's header, if it has one), bad rows tolerated.
 pub fn event_log_line(data: &[u8]) {
-    for &preset in <Preset as clap::ValueEnum>::value_variants() {
+    for preset in Preset::ALL {
         let mut input = Vec::with_capacity(data.len() + 128);
         if let Some(h) = header(preset) {
             input.extend_from_slice(h.as_bytes());

@@ -29,7 +29,7 @@ pub enum Column {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TimeUnit {
     /// Numbers by magnitude (s, ms, µs or ns since the epoch), text as RFC 3339.
@@ -41,7 +41,7 @@ pub enum TimeUnit {
     Text,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FileFormat {
     Csv,
@@ -84,7 +84,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
     /// rung's own layout: visitor_id,time,type[,item_id,value,event_id] with a header.
     Rung,
@@ -105,6 +105,15 @@ fn name(s: &str) -> Column {
 }
 
 impl Preset {
+    pub const ALL: [Preset; 6] = [
+        Preset::Rung,
+        Preset::Ga4,
+        Preset::Segment,
+        Preset::Taobao,
+        Preset::Retailrocket,
+        Preset::Rees46,
+    ];
+
     pub fn mapping(self) -> Mapping {
         let csv = |visitor: Column, time: Column, unit, event: Column| Mapping {
             format: FileFormat::Csv,

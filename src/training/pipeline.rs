@@ -27,7 +27,7 @@ pub enum Validation {
     KFold { folds: usize, seed: u64 },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClassWeight {
     None,
     /// Positives weigh (negatives ÷ positives); the intercept is corrected
@@ -36,7 +36,7 @@ pub enum ClassWeight {
 }
 
 /// Which optimizer fits the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Solver {
     /// linfa-logistic as it is.
     Linfa,
