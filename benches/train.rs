@@ -12,7 +12,7 @@ use std::time::Instant;
 use rung::domain::Taxonomy;
 use rung::scoring::feature_names;
 use rung::simulator::{simulate, SimConfig};
-use rung::training::examples::{build, data_end, resolve_journey, Cutoffs};
+use rung::training::examples::{build, data_end, Cutoffs};
 use rung::training::fit::{fit, FitOptions};
 use rung::training::metrics::roc_auc;
 use rung::training::pipeline::predict;
@@ -32,7 +32,7 @@ fn main() {
     });
     let visitors: Vec<_> = journeys
         .iter()
-        .map(|j| (j.visitor_id.clone(), resolve_journey(&taxonomy, j)))
+        .map(|j| (j.visitor_id.clone(), j.resolve(&taxonomy)))
         .collect();
     drop(journeys);
     let all = build(

@@ -9,7 +9,8 @@ use std::io::Write;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::domain::Millis;
+use crate::domain::event::sort_by_time;
+use crate::domain::{Event, Millis, Taxonomy};
 
 /// A simulated event, named as a tracker would send it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,24 @@ pub struct Journey {
     pub events: Vec<SimEvent>,
     /// Index of the first event of each session.
     pub session_starts: Vec<usize>,
+}
+
+impl Journey {
+    /// The journey's events resolved through the taxonomy, in time order,
+    /// as rung stores them. Names the taxonomy does not know are dropped.
+    pub fn resolve(&self, taxonomy: &Taxonomy) -> Vec<Event> {
+        let mut events: Vec<Event> = self
+            .events
+            .iter()
+            .filter_map(|e| {
+                taxonomy
+                    .resolve(e.name)
+                    .map(|kind| Event::new(kind, e.at).with_item(&e.item_id))
+            })
+            .collect();
+        sort_by_time(&mut events);
+        events
+    }
 }
 
 #[derive(Debug, Clone)]

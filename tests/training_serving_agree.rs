@@ -7,7 +7,7 @@ use common::*;
 use rung::domain::Taxonomy;
 use rung::grpc::proto::{Event, ScoreRequest};
 use rung::simulator::{simulate, SimConfig};
-use rung::training::examples::{build, data_end, resolve_journey, Cutoffs};
+use rung::training::examples::{build, data_end, Cutoffs};
 
 #[tokio::test]
 async fn served_features_equal_training_rows_for_simulated_visitors() {
@@ -20,7 +20,7 @@ async fn served_features_equal_training_rows_for_simulated_visitors() {
     });
     let visitors: Vec<_> = journeys
         .iter()
-        .map(|j| (j.visitor_id.clone(), resolve_journey(&taxonomy, j)))
+        .map(|j| (j.visitor_id.clone(), j.resolve(&taxonomy)))
         .collect();
     let examples = build(
         &taxonomy,

@@ -8,10 +8,8 @@ use ndarray::Array2;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, Taxonomy};
 use crate::scoring::observe;
-use crate::simulator::Journey;
 
 /// A design matrix with labels and what a baseline needs.
 #[derive(Debug, Clone)]
@@ -65,22 +63,6 @@ impl Examples {
             visitor: rows.iter().map(|&i| self.visitor[i]).collect(),
         }
     }
-}
-
-/// A simulated journey's events resolved through the taxonomy, in time
-/// order. Names the taxonomy does not know are dropped.
-pub fn resolve_journey(taxonomy: &Taxonomy, journey: &Journey) -> Vec<Event> {
-    let mut events: Vec<Event> = journey
-        .events
-        .iter()
-        .filter_map(|e| {
-            taxonomy
-                .resolve(e.name)
-                .map(|kind| Event::new(kind, e.at).with_item(&e.item_id))
-        })
-        .collect();
-    sort_by_time(&mut events);
-    events
 }
 
 /// Builds examples for every visitor (events sorted by time). An example
