@@ -237,6 +237,15 @@ fn parse_horizon(s: &str) -> Result<f64, String> {
     }
 }
 
+/// Which products of features a tabular model adds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum InteractionsFlag {
+    /// The features alone.
+    None,
+    /// Every product of two standardized numeric features.
+    Pairwise,
+}
+
 /// A finite number above zero.
 fn parse_positive(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
@@ -317,6 +326,10 @@ pub struct TrainArgs {
     /// Tabular mode: columns to one-hot encode even if numeric.
     #[arg(long, value_delimiter = ',')]
     categorical: Vec<String>,
+    /// Tabular mode: none, or pairwise (every product of two standardized
+    /// numeric features, squares included, named A × B).
+    #[arg(long, value_enum, default_value = "none", requires = "table")]
+    interactions: InteractionsFlag,
     /// Where the artifact goes; the metrics file and plots go beside it.
     #[arg(long)]
     out: PathBuf,
@@ -595,6 +608,7 @@ fn train_table(args: &TrainArgs) -> anyhow::Result<()> {
     };
     let mut opts = tabular::TableOptions::new(table, label);
     opts.categorical = args.categorical.clone();
+    opts.interactions = args.interactions == InteractionsFlag::Pairwise;
     opts.folds = usize::from(args.examples.folds);
     opts.max_bad_rows = args.examples.max_bad_rows;
     opts.max_iterations = args.max_iterations;

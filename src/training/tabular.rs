@@ -62,6 +62,9 @@ pub struct TableOptions {
     pub max_iterations: u64,
     /// See [`FitOptions::tolerance_per_row`].
     pub tolerance_per_row: f64,
+    /// Add every pairwise product of the standardized numeric features
+    /// ([`Interactions`]).
+    pub interactions: bool,
 }
 
 impl TableOptions {
@@ -84,6 +87,7 @@ impl TableOptions {
             alphas: vec![1.0, 10.0, 100.0, 1000.0],
             max_iterations: 500,
             tolerance_per_row: 1e-5,
+            interactions: false,
         }
     }
 }
@@ -261,21 +265,85 @@ impl ColumnEncoding {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Encoding {
     pub columns: Vec<ColumnEncoding>,
+    /// Pairwise products of the numeric features, after the columns'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactions: Option<Interactions>,
+}
+
+/// Every product zᵢ·zⱼ (i ≤ j, squares included) of the numeric features
+/// standardized as zᵢ = (xᵢ − meanᵢ) / scaleᵢ, named `A × B`: curvature and
+/// joint effects a single logistic model can weigh, each term still a
+/// readable reason. The means and scales are the training table's (labels
+/// play no part), so new rows are transformed exactly as training's were.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Interactions {
+    /// One per numeric feature, in the order the columns give them.
+    pub means: Vec<f64>,
+    pub scales: Vec<f64>,
+}
+
+impl Interactions {
+    /// Means and population standard deviations of `x`'s `numeric`
+    /// columns; a constant column gets scale 1.
+    fn of(x: &Array2<f64>, numeric: &[usize]) -> Interactions {
+        let n = x.nrows().max(1) as f64;
+        let (mut means, mut scales) = (Vec::new(), Vec::new());
+        for &j in numeric {
+            let column = x.column(j);
+            let mean = column.sum() / n;
+            let sd = (column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
+            means.push(mean);
+            scales.push(if sd > 1e-12 { sd } else { 1.0 });
+        }
+        Interactions { means, scales }
+    }
+
+    fn width(&self) -> usize {
+        let k = self.means.len();
+        k * (k + 1) / 2
+    }
 }
 
 impl Encoding {
     pub fn width(&self) -> usize {
+        self.base_width() + self.interactions.as_ref().map_or(0, Interactions::width)
+    }
+
+    /// The columns' own features, before any products.
+    fn base_width(&self) -> usize {
         self.columns.iter().map(ColumnEncoding::width).sum()
+    }
+
+    /// Positions of the numeric features among the columns' features.
+    fn numeric_offsets(&self) -> Vec<usize> {
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        for c in &self.columns {
+            if let ColumnEncoding::Numeric { .. } = c {
+                offsets.push(at);
+            }
+            at += c.width();
+        }
+        offsets
     }
 
     pub fn feature_names(&self) -> Vec<String> {
         let mut names = Vec::with_capacity(self.width());
+        let mut numeric = Vec::new();
         for c in &self.columns {
             match c {
-                ColumnEncoding::Numeric { column, .. } => names.push(column.clone()),
+                ColumnEncoding::Numeric { column, .. } => {
+                    names.push(column.clone());
+                    numeric.push(column.as_str());
+                }
                 ColumnEncoding::Categorical { column, levels } => {
                     names.extend(levels.iter().map(|l| format!("{column}={l}")));
                 }
+            }
+        }
+        if self.interactions.is_some() {
+            for (i, a) in numeric.iter().enumerate() {
+                names.extend(numeric[i..].iter().map(|b| format!("{a} × {b}")));
             }
         }
         names
@@ -318,8 +386,12 @@ impl Encoding {
         }
         Ok(RowEncoder {
             fields: header.len(),
-            width: offset,
+            width: self.width(),
             slots,
+            products: self
+                .interactions
+                .as_ref()
+                .map(|i| (self.numeric_offsets(), i, offset)),
         })
     }
 }
@@ -331,6 +403,9 @@ pub struct RowEncoder<'a> {
     fields: usize,
     width: usize,
     slots: Vec<Slot<'a>>,
+    /// With interactions: where the numeric features are, their
+    /// standardization, and where the products start.
+    products: Option<(Vec<usize>, &'a Interactions, usize)>,
 }
 
 #[derive(Debug)]
@@ -391,6 +466,20 @@ impl RowEncoder<'_> {
                     if let Some(&l) = levels.get(fields[*index].as_ref().trim()) {
                         out[offset + l] = 1.0;
                     }
+                }
+            }
+        }
+        if let Some((numeric, standard, start)) = &self.products {
+            let z: Vec<f64> = numeric
+                .iter()
+                .zip(standard.means.iter().zip(&standard.scales))
+                .map(|(&at, (m, s))| (out[at] - m) / s)
+                .collect();
+            let mut at = *start;
+            for (i, a) in z.iter().enumerate() {
+                for b in &z[i..] {
+                    out[at] = a * b;
+                    at += 1;
                 }
             }
         }
@@ -745,7 +834,10 @@ fn plan_encoding(path: &str, parsed: &Parsed, opts: &TableOptions) -> Result<Enc
             levels: levels.into_iter().map(str::to_string).collect(),
         });
     }
-    Ok(Encoding { columns })
+    Ok(Encoding {
+        columns,
+        interactions: None,
+    })
 }
 
 /// Fold (0..k) of each row: positives and negatives are shuffled separately
@@ -952,14 +1044,18 @@ fn train_bytes(
             path: path.to_string(),
         });
     }
-    let encoding = plan_encoding(path, &parsed, opts)?;
-    let names = encoding.feature_names();
-    if names.is_empty() {
+    let mut encoding = plan_encoding(path, &parsed, opts)?;
+    if encoding.width() == 0 {
         return Err(TableError::NoFeatures {
             path: path.to_string(),
         });
     }
-    let x = encode_rows(&encoding, &parsed)?;
+    let mut x = encode_rows(&encoding, &parsed)?;
+    if opts.interactions {
+        encoding.interactions = Some(Interactions::of(&x, &encoding.numeric_offsets()));
+        x = encode_rows(&encoding, &parsed)?;
+    }
+    let names = encoding.feature_names();
     let y: Vec<bool> = parsed.rows.iter().map(|r| r.label).collect();
     let positives = y.iter().filter(|&&b| b).count();
     let negatives = y.len() - positives;
@@ -1432,6 +1528,7 @@ mod tests {
                     log1p: true,
                 },
             ],
+            interactions: None,
         };
         // Columns in another order, an extra one, no label.
         let header: Vec<String> = ["visits", "other", "colour"].map(String::from).into();
