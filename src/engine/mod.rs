@@ -375,12 +375,14 @@ impl Engine {
         self.metrics
             .score_probability
             .observe(prediction.probability);
-        let reasons = top_reasons(model, &obs.features, q.max_reasons)
+        // The features, then any interaction products: each a reason.
+        let terms = model.terms(&obs.features);
+        let reasons = top_reasons(model, &terms, q.max_reasons)
             .into_iter()
-            .map(|i| reason(model, i, obs.features[i]))
+            .map(|i| reason(model, i, terms[i]))
             .collect();
         let features = if q.explain {
-            obs.features
+            terms
                 .iter()
                 .enumerate()
                 .map(|(i, &v)| reason(model, i, v))

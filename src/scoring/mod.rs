@@ -5,6 +5,7 @@
 pub mod aggregate;
 pub mod band;
 pub mod features;
+pub mod interactions;
 pub mod ladder;
 pub mod model;
 pub mod rebuild;
@@ -13,6 +14,7 @@ pub mod timeline;
 pub use aggregate::Aggregate;
 pub use band::{Band, Bands};
 pub use features::{feature_names, observe, Observation};
+pub use interactions::Interactions;
 pub use ladder::Ladder;
 pub use model::{Model, ModelArtifact, ModelError, Prediction};
 pub use rebuild::{rebuild, Rebuilt};

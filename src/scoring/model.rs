@@ -3,7 +3,13 @@
 //! log-odds = intercept + Σ coefficientᵢ · (xᵢ − meanᵢ) / scaleᵢ. Each term is a
 //! feature's contribution relative to the average training visitor, so the
 //! terms plus the intercept add up to the log-odds exactly.
+//!
+//! A model may also weigh [`Interactions`]: the products of every pair of
+//! its features, standardized, as further terms after the features
+//! themselves. The terms are then the features followed by the products,
+//! and still add up, with the intercept, to the log-odds.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -12,6 +18,7 @@ use crate::domain::taxonomy::TypeSignature;
 use crate::domain::Taxonomy;
 
 use super::features::feature_names;
+use super::interactions::Interactions;
 
 /// The artifact format this build reads and writes.
 pub const FORMAT: &str = "rung.model.v1";
@@ -26,13 +33,18 @@ pub struct ModelArtifact {
     pub created_at: String,
     /// Where the model came from, in words.
     pub description: String,
+    /// The features, then (with `interactions`) the products `A × B`.
     pub feature_names: Vec<String>,
-    /// Standardization: feature means and scales (standard deviations).
+    /// Standardization of every term: means and scales (standard deviations).
     pub means: Vec<f64>,
     pub scales: Vec<f64>,
     /// Toward purchase: a positive coefficient raises the probability.
     pub coefficients: Vec<f64>,
     pub intercept: f64,
+    /// Present when the model weighs the pairwise products of its features
+    /// (`rung train --interactions pairwise`); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interactions: Option<Interactions>,
     /// The label: a purchase within this many days after the cut-off.
     pub horizon_days: f64,
     pub taxonomy_fingerprint: String,
@@ -119,8 +131,12 @@ impl ModelError {
 pub struct Model {
     // Shared: every score names the model and its features.
     version: Arc<str>,
+    /// Every term's name: the features, then any products.
     feature_names: Vec<Arc<str>>,
     means: Vec<f64>,
+    /// How many of the terms are features (the rest are products).
+    features: usize,
+    interactions: Option<Interactions>,
     /// coefficientᵢ / scaleᵢ.
     weights: Vec<f64>,
     /// intercept − Σ weightᵢ · meanᵢ.
@@ -184,7 +200,23 @@ impl Model {
                 "intercept is not a finite number".into(),
             ));
         }
-        check_features(&a.feature_names, &feature_names(taxonomy))?;
+        let features = match &a.interactions {
+            None => n,
+            Some(i) => {
+                // The products follow the features they pair.
+                let k = i.paired();
+                i.check(k).map_err(ModelError::Malformed)?;
+                let products = Interactions::names(&a.feature_names[..k.min(n)]);
+                if k > n || a.feature_names[k..] != products[..] {
+                    return Err(ModelError::Malformed(format!(
+                        "interactions pair {k} features, so feature_names must hold them and then their {} products A × B in order",
+                        products.len().max(k * (k + 1) / 2)
+                    )));
+                }
+                k
+            }
+        };
+        check_features(&a.feature_names[..features], &feature_names(taxonomy))?;
         if a.taxonomy_fingerprint != taxonomy.fingerprint() {
             return Err(ModelError::Mismatch {
                 problem:
@@ -214,6 +246,8 @@ impl Model {
                 .map(|n| Arc::from(n.as_str()))
                 .collect(),
             means: a.means.clone(),
+            features,
+            interactions: a.interactions.clone(),
             weights,
             bias,
             intercept: a.intercept,
@@ -229,19 +263,45 @@ impl Model {
         &self.version
     }
 
+    /// Every term's name: the features, then any products (`A × B`).
     pub fn feature_names(&self) -> &[Arc<str>] {
         &self.feature_names
+    }
+
+    /// Whether the model weighs pairwise products of its features.
+    pub fn interactions(&self) -> Option<&Interactions> {
+        self.interactions.as_ref()
+    }
+
+    /// The model's terms for a feature vector: the features themselves, then
+    /// any products, in [`Model::feature_names`] order. Borrowed, with no
+    /// copy, when the model has no interactions.
+    pub fn terms<'a>(&self, x: &'a [f64]) -> Cow<'a, [f64]> {
+        match &self.interactions {
+            None => Cow::Borrowed(x),
+            Some(i) => {
+                let mut terms = vec![0.0; self.weights.len()];
+                terms[..x.len()].copy_from_slice(x);
+                i.products_into(x, &mut terms[x.len()..]);
+                Cow::Owned(terms)
+            }
+        }
     }
 
     pub fn intercept(&self) -> f64 {
         self.intercept
     }
 
-    /// `x` must be in [`Model::feature_names`] order.
+    /// `x` holds the features (not the products) in
+    /// [`crate::scoring::feature_names`] order.
     #[inline]
     pub fn predict(&self, x: &[f64]) -> Prediction {
-        debug_assert_eq!(x.len(), self.weights.len());
-        let log_odds = self.bias + self.weights.iter().zip(x).map(|(w, v)| w * v).sum::<f64>();
+        debug_assert_eq!(x.len(), self.features);
+        let (own, products) = self.weights.split_at(self.features);
+        let mut log_odds = self.bias + own.iter().zip(x).map(|(w, v)| w * v).sum::<f64>();
+        if let Some(i) = &self.interactions {
+            log_odds += i.weighted_sum(x, products);
+        }
         Prediction {
             log_odds,
             probability: sigmoid(log_odds),
@@ -253,7 +313,8 @@ impl Model {
         self.weights[i]
     }
 
-    /// Feature `i`'s share of the log-odds: coefficient · standardized value.
+    /// Term `i`'s share of the log-odds: coefficient · standardized value,
+    /// for the term's value `x` (from [`Model::terms`]).
     #[inline]
     pub fn contribution(&self, i: usize, x: f64) -> f64 {
         self.weights[i] * (x - self.means[i])
@@ -403,12 +464,75 @@ mod tests {
         assert!(Model::from_json("{\"format\":", &t).is_err());
     }
 
+    /// The shipped model with every product added at coefficient `c`.
+    fn with_products(c: f64) -> ModelArtifact {
+        let mut a = shipped();
+        let k = a.feature_names.len();
+        let i = Interactions {
+            means: vec![0.5; k],
+            scales: vec![2.0; k],
+        };
+        a.feature_names
+            .extend(Interactions::names(&a.feature_names));
+        a.means.resize(a.feature_names.len(), 0.0);
+        a.scales.resize(a.feature_names.len(), 1.0);
+        a.coefficients.resize(a.feature_names.len(), c);
+        a.interactions = Some(i);
+        a
+    }
+
+    #[test]
+    fn interaction_terms_follow_the_features_and_add_to_the_log_odds() {
+        let t = Taxonomy::builtin();
+        let plain = Model::from_artifact(&shipped(), &t).unwrap();
+        let m = Model::from_artifact(&with_products(0.25), &t).unwrap();
+        let k = plain.feature_names().len();
+        let x: Vec<f64> = (0..k).map(|i| i as f64 * 0.1).collect();
+        // By hand: z = (x − 0.5) / 2, products zᵢzⱼ weighted 0.25 each.
+        let z: Vec<f64> = x.iter().map(|v| (v - 0.5) / 2.0).collect();
+        let mut products = 0.0;
+        for i in 0..k {
+            for j in i..k {
+                products += 0.25 * z[i] * z[j];
+            }
+        }
+        let want = plain.predict(&x).log_odds + products;
+        assert!((m.predict(&x).log_odds - want).abs() < 1e-9);
+        let terms = m.terms(&x);
+        assert_eq!(terms.len(), m.feature_names().len());
+        assert_eq!(terms[k + 1], z[0] * z[1]);
+        let sum: f64 = (0..terms.len()).map(|i| m.contribution(i, terms[i])).sum();
+        assert!((m.intercept() + sum - want).abs() < 1e-9);
+        assert!(matches!(plain.terms(&x), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn interactions_that_do_not_match_their_names_or_features_are_refused() {
+        let t = Taxonomy::builtin();
+        let mut a = with_products(0.1);
+        let last = a.feature_names.len() - 1;
+        a.feature_names.swap(last - 1, last);
+        assert!(
+            refusal(&a, &t).contains("their 903 products"),
+            "{}",
+            refusal(&a, &t)
+        );
+        let mut a = with_products(0.1);
+        a.interactions.as_mut().unwrap().scales[2] = -1.0;
+        assert!(refusal(&a, &t).contains("interactions.scales[2]"));
+        // Without interactions the products are unknown features.
+        let mut a = with_products(0.1);
+        a.interactions = None;
+        assert!(refusal(&a, &t).contains("the model has extra features"));
+    }
+
     #[test]
     fn prediction_folds_standardization_into_the_weights() {
         // One feature: z = 0.5 + 2 · (x − 1) / 4; at x = 3, z = 1.5.
         let t = Taxonomy::builtin();
         let mut m = Model::from_artifact(&shipped(), &t).unwrap();
         m.weights = vec![2.0 / 4.0];
+        m.features = 1;
         m.means = vec![1.0];
         m.bias = 0.5 - 0.5 * 1.0;
         let p = m.predict(&[3.0]);

@@ -11,6 +11,8 @@ use linfa::prelude::*;
 use linfa_logistic::LogisticRegression;
 use ndarray::{Array1, Array2, Axis};
 
+use crate::scoring::Interactions;
+
 use super::TrainError;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -43,19 +45,57 @@ pub struct Fitted {
     /// On standardized features, pointing toward the positive label.
     pub coefficients: Vec<f64>,
     pub intercept: f64,
+    /// When the model also weighs the products of its features' pairs
+    /// (all of them): their standardization, fixed on the fitted rows. The
+    /// means, scales and coefficients then cover the features and then the
+    /// products.
+    pub interactions: Option<Interactions>,
 }
 
 impl Fitted {
-    /// P(label) for one raw (unstandardized) row.
+    /// P(label) for one raw (unstandardized) row of features, without
+    /// products: they are formed here when the model has them.
     pub fn probability(&self, row: &[f64]) -> f64 {
+        let terms = match &self.interactions {
+            None => std::borrow::Cow::Borrowed(row),
+            Some(i) => {
+                let mut t = row.to_vec();
+                t.resize(row.len() + i.width(), 0.0);
+                i.products_into(row, &mut t[row.len()..]);
+                std::borrow::Cow::Owned(t)
+            }
+        };
         crate::scoring::model::sigmoid(log_odds(
             self.intercept,
             &self.means,
             &self.scales,
             &self.coefficients,
-            row,
+            &terms,
         ))
     }
+}
+
+/// The standardization for pairing `paired`, a set of `x`'s columns, fixed
+/// on `x`'s rows.
+pub fn interactions_of(x: &Array2<f64>, paired: &[usize]) -> Interactions {
+    Interactions::of(paired.iter().map(|&j| x.column(j).to_vec()))
+}
+
+/// `x` with the products of its `paired` columns appended, in
+/// [`Interactions::names`] order.
+pub fn with_products(x: &Array2<f64>, paired: &[usize], i: &Interactions) -> Array2<f64> {
+    let (rows, cols) = x.dim();
+    let mut out = Array2::zeros((rows, cols + i.width()));
+    let mut values = vec![0.0; paired.len()];
+    for (r, mut o) in x.rows().into_iter().zip(out.rows_mut()) {
+        for (v, &j) in values.iter_mut().zip(paired) {
+            *v = r[j];
+        }
+        let o = o.as_slice_mut().expect("a fresh standard-layout array");
+        o[..cols].copy_from_slice(r.as_slice().expect("rows of a standard-layout array"));
+        i.products_into(&values, &mut o[cols..]);
+    }
+    out
 }
 
 /// intercept + Σ coefficientᵢ · (xᵢ − meanᵢ) / scaleᵢ for a raw row.
@@ -146,6 +186,7 @@ pub fn fit(
         scales,
         coefficients: model.params().iter().map(|w| sign * w).collect(),
         intercept: sign * model.intercept(),
+        interactions: None,
     })
 }
 

@@ -25,6 +25,8 @@ pub enum TrainError {
     Solver(String),
     #[error("no examples: no visitor has events before a cut-off with a whole label window after it; {0}")]
     NoExamples(String),
+    #[error("too large to fit: {0}")]
+    TooLarge(String),
     #[error("the {part} part holds no purchases: {detail}")]
     EmptySplit { part: String, detail: String },
 }

@@ -4,12 +4,12 @@
 //! calibrated, and held-out figures next to the ladder-only baseline.
 
 use crate::domain::{Event, Millis, Taxonomy};
-use crate::scoring::feature_names;
 use crate::scoring::model::{Figures, Metrics, ModelArtifact, TrainingInfo, FORMAT};
+use crate::scoring::{feature_names, Interactions};
 
 use super::evaluation::{evaluate, Evaluation};
 use super::examples::{build, data_end, Cutoffs, Examples};
-use super::fit::{fit, FitOptions, Fitted};
+use super::fit::{fit, interactions_of, with_products, FitOptions, Fitted};
 use super::metrics::log_loss;
 use super::TrainError;
 
@@ -62,6 +62,9 @@ pub struct TrainOptions {
     /// validation part (the most recent data before the test part), for
     /// when the base rate drifts.
     pub recalibrate: bool,
+    /// Also weigh the product of every pair of features (squares
+    /// included), standardized on each fit's own rows.
+    pub interactions: bool,
 }
 
 impl Default for TrainOptions {
@@ -79,6 +82,7 @@ impl Default for TrainOptions {
             solver: Solver::Fused,
             description: String::new(),
             recalibrate: false,
+            interactions: false,
         }
     }
 }
@@ -499,16 +503,21 @@ pub fn train(
     };
     let model = evaluate(&predicted, &held_out.y, true);
     let ladder = evaluate(&held_out.ladder_score, &held_out.y, false);
+    let mut feature_names = names.clone();
+    if final_fit.interactions.is_some() {
+        feature_names.extend(Interactions::names(names));
+    }
     let mut artifact = ModelArtifact {
         format: FORMAT.to_string(),
         version: String::new(),
         created_at: now.to_rfc3339(),
         description: opts.description.clone(),
-        feature_names: names.clone(),
+        feature_names,
         means: final_fit.means.clone(),
         scales: final_fit.scales.clone(),
         coefficients: final_fit.coefficients.clone(),
         intercept: final_fit.intercept,
+        interactions: final_fit.interactions.clone(),
         horizon_days: opts.horizon_days,
         taxonomy_fingerprint: taxonomy.fingerprint().to_string(),
         taxonomy: taxonomy.signature().to_vec(),
@@ -797,14 +806,18 @@ fn fit_weighted(
 ) -> Result<Fitted, TrainError> {
     let mut fit_opts = opts.fit;
     fit_opts.alpha = (lambda * data.len() as f64).max(1e-9);
-    let solve = |x: &ndarray::Array2<f64>, y: &[bool], o: &FitOptions| match opts.solver {
-        Solver::Linfa => fit(x, y, names, o),
-        Solver::Fused => {
-            // Its tolerance is on the mean loss's gradient, not the sum's.
-            let mut o = *o;
-            o.tolerance_per_row = o.tolerance_per_row.max(1e-4);
-            super::solver::fit_fused(x, y, &o)
+    let solve = |x: &ndarray::Array2<f64>, y: &[bool], o: &FitOptions| {
+        if !opts.interactions {
+            return solve_plain(opts.solver, x, y, names, o);
         }
+        check_interaction_size(x.nrows(), names.len())?;
+        let all: Vec<usize> = (0..names.len()).collect();
+        let i = interactions_of(x, &all);
+        let mut terms = names.to_vec();
+        terms.extend(Interactions::names(names));
+        let mut f = solve_plain(opts.solver, &with_products(x, &all, &i), y, &terms, o)?;
+        f.interactions = Some(i);
+        Ok(f)
     };
     match opts.class_weight {
         ClassWeight::None => solve(&data.x, &data.y, &fit_opts),
@@ -826,6 +839,42 @@ fn fit_weighted(
             Ok(f)
         }
     }
+}
+
+fn solve_plain(
+    solver: Solver,
+    x: &ndarray::Array2<f64>,
+    y: &[bool],
+    names: &[String],
+    o: &FitOptions,
+) -> Result<Fitted, TrainError> {
+    match solver {
+        Solver::Linfa => fit(x, y, names, o),
+        Solver::Fused => {
+            // Its tolerance is on the mean loss's gradient, not the sum's.
+            let mut o = *o;
+            o.tolerance_per_row = o.tolerance_per_row.max(1e-4);
+            super::solver::fit_fused(x, y, &o)
+        }
+    }
+}
+
+/// The most the examples with their products may take in memory.
+const MAX_INTERACTION_BYTES: usize = 4 << 30;
+
+/// Refuses an interaction fit whose rows with their products would not fit
+/// [`MAX_INTERACTION_BYTES`], before allocating them.
+fn check_interaction_size(rows: usize, features: usize) -> Result<(), TrainError> {
+    let terms = features + features * (features + 1) / 2;
+    let bytes = rows.saturating_mul(terms).saturating_mul(8);
+    if bytes > MAX_INTERACTION_BYTES {
+        return Err(TrainError::TooLarge(format!(
+            "with --interactions pairwise, {rows} examples × {terms} terms take {:.1} GiB, over the {} GiB this fit allows; use fewer cut-offs (session-end makes one example per session), a shorter log, or no interactions",
+            bytes as f64 / (1u64 << 30) as f64,
+            MAX_INTERACTION_BYTES >> 30
+        )));
+    }
+    Ok(())
 }
 
 pub fn predict(f: &Fitted, data: &Examples) -> Vec<f64> {

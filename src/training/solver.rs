@@ -175,6 +175,7 @@ pub fn fit_fused(x: &Array2<f64>, y: &[bool], opts: &FitOptions) -> Result<Fitte
         scales,
         coefficients: p.slice(ndarray::s![..d]).to_vec(),
         intercept: p[d],
+        interactions: None,
     })
 }
 

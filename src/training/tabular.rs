@@ -22,8 +22,9 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::Millis;
 use crate::scoring::model::sigmoid;
+pub use crate::scoring::Interactions;
 
-use super::fit::{FitOptions, Fitted};
+use super::fit::{interactions_of, FitOptions, Fitted};
 use super::metrics::{brier, log_loss, pr_auc, roc_auc};
 use super::TrainError;
 
@@ -270,40 +271,6 @@ pub struct Encoding {
     pub interactions: Option<Interactions>,
 }
 
-/// Every product zᵢ·zⱼ (i ≤ j, squares included) of the numeric features
-/// standardized as zᵢ = (xᵢ − meanᵢ) / scaleᵢ, named `A × B`: curvature and
-/// joint effects a single logistic model can weigh, each term still a
-/// readable reason. The means and scales are the training table's (labels
-/// play no part), so new rows are transformed exactly as training's were.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Interactions {
-    /// One per numeric feature, in the order the columns give them.
-    pub means: Vec<f64>,
-    pub scales: Vec<f64>,
-}
-
-impl Interactions {
-    /// Means and population standard deviations of `x`'s `numeric`
-    /// columns; a constant column gets scale 1.
-    fn of(x: &Array2<f64>, numeric: &[usize]) -> Interactions {
-        let n = x.nrows().max(1) as f64;
-        let (mut means, mut scales) = (Vec::new(), Vec::new());
-        for &j in numeric {
-            let column = x.column(j);
-            let mean = column.sum() / n;
-            let sd = (column.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n).sqrt();
-            means.push(mean);
-            scales.push(if sd > 1e-12 { sd } else { 1.0 });
-        }
-        Interactions { means, scales }
-    }
-
-    fn width(&self) -> usize {
-        let k = self.means.len();
-        k * (k + 1) / 2
-    }
-}
-
 impl Encoding {
     pub fn width(&self) -> usize {
         self.base_width() + self.interactions.as_ref().map_or(0, Interactions::width)
@@ -342,9 +309,7 @@ impl Encoding {
             }
         }
         if self.interactions.is_some() {
-            for (i, a) in numeric.iter().enumerate() {
-                names.extend(numeric[i..].iter().map(|b| format!("{a} × {b}")));
-            }
+            names.extend(Interactions::names(&numeric));
         }
         names
     }
@@ -469,19 +434,9 @@ impl RowEncoder<'_> {
                 }
             }
         }
-        if let Some((numeric, standard, start)) = &self.products {
-            let z: Vec<f64> = numeric
-                .iter()
-                .zip(standard.means.iter().zip(&standard.scales))
-                .map(|(&at, (m, s))| (out[at] - m) / s)
-                .collect();
-            let mut at = *start;
-            for (i, a) in z.iter().enumerate() {
-                for b in &z[i..] {
-                    out[at] = a * b;
-                    at += 1;
-                }
-            }
+        if let Some((numeric, products, start)) = &self.products {
+            let paired: Vec<f64> = numeric.iter().map(|&at| out[at]).collect();
+            products.products_into(&paired, &mut out[*start..]);
         }
         Ok(())
     }
@@ -1052,7 +1007,7 @@ fn train_bytes(
     }
     let mut x = encode_rows(&encoding, &parsed)?;
     if opts.interactions {
-        encoding.interactions = Some(Interactions::of(&x, &encoding.numeric_offsets()));
+        encoding.interactions = Some(interactions_of(&x, &encoding.numeric_offsets()));
         x = encode_rows(&encoding, &parsed)?;
     }
     let names = encoding.feature_names();
