@@ -650,3 +650,47 @@ fn recalibrate_refits_the_intercept_and_reports_the_test_calibration_before_and_
         "{stderr}"
     );
 }
+
+#[test]
+fn pairwise_interactions_train_on_an_event_log_into_an_artifact_the_server_accepts() {
+    // Arrange
+    let dir = scratch("pairwise");
+    let log = simulated_log(&dir, "1500");
+    let model = dir.join("m.json");
+
+    // Act
+    let out = rung(&[
+        "train",
+        "--events",
+        s(&log),
+        "--validation",
+        "kfold",
+        "--folds",
+        "2",
+        "--min-positives",
+        "10",
+        "--interactions",
+        "pairwise",
+        "--out",
+        s(&model),
+    ]);
+
+    // Assert: 42 features and their 42 · 43 / 2 = 903 products.
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("945 terms: 42 features and their 903 pairwise products"),
+        "{stdout}"
+    );
+    let text = std::fs::read_to_string(&model).unwrap();
+    let loaded = rung::scoring::Model::from_json(&text, &rung::domain::Taxonomy::builtin())
+        .expect("the server would accept it");
+    assert_eq!(loaded.feature_names().len(), 945);
+    assert_eq!(loaded.interactions().map(|i| i.paired()), Some(42));
+    // The coefficient plot keeps to the largest terms.
+    let svg = std::fs::read_to_string(dir.join("m.report/coefficients.svg")).unwrap();
+    assert!(
+        svg.contains("the 60 largest of 945 coefficients"),
+        "{}",
+        &svg[..400]
+    );
+}

@@ -146,8 +146,17 @@ pub fn summary(o: &TrainOutcome) -> String {
         ),
         Some(k) => format!("{k} folds, pooled out-of-fold"),
     };
+    let terms = match &o.artifact.interactions {
+        None => String::new(),
+        Some(i) => format!(
+            "; {} terms: {} features and their {} pairwise products",
+            o.artifact.feature_names.len(),
+            i.paired(),
+            i.width()
+        ),
+    };
     let mut s = format!(
-        "model {}: {} examples ({parts}); L2 per example {:e}\n",
+        "model {}: {} examples ({parts}); L2 per example {:e}{terms}\n",
         o.artifact.version, o.sizes.examples, o.chosen_lambda
     );
     let d = drift(o);
@@ -211,18 +220,29 @@ fn curve_plot(
     Ok(())
 }
 
+/// The most bars a coefficient plot draws: with interactions a model has
+/// hundreds of terms, and only the largest are worth a look.
+const MAX_BARS: usize = 60;
+
 fn coefficient_plot(path: &Path, names: &[String], coefficients: &[f64]) -> PlotResult {
     let mut order: Vec<usize> = (0..names.len()).collect();
+    let caption = if order.len() > MAX_BARS {
+        order.sort_by(|&a, &b| coefficients[b].abs().total_cmp(&coefficients[a].abs()));
+        order.truncate(MAX_BARS);
+        format!(
+            "the {MAX_BARS} largest of {} coefficients (log-odds per standard deviation)",
+            names.len()
+        )
+    } else {
+        "coefficients (log-odds per standard deviation)".to_string()
+    };
     order.sort_by(|&a, &b| coefficients[a].total_cmp(&coefficients[b]));
     let n = order.len().max(1);
     let max = coefficients.iter().fold(0.1f64, |m, c| m.max(c.abs()));
     let root = SVGBackend::new(path, (760, 40 + 18 * n as u32)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "coefficients (log-odds per standard deviation)",
-            ("sans-serif", 18),
-        )
+        .caption(caption, ("sans-serif", 18))
         .margin(12)
         .x_label_area_size(30)
         .y_label_area_size(260)
