@@ -82,6 +82,49 @@ fn pure_scoring(c: &mut Criterion) {
     group.finish();
 }
 
+/// The shipped model and the same with all 903 pairwise products of its 42
+/// features as further terms (`rung train --interactions pairwise`): the
+/// score alone, and with every term's contribution (what reasons rank).
+fn interaction_terms(c: &mut Criterion) {
+    use rung::scoring::{Interactions, ModelArtifact};
+    let taxonomy = Taxonomy::builtin();
+    let text = std::fs::read_to_string(MODEL_PATH).expect("models/default.json");
+    let plain: ModelArtifact = serde_json::from_str(&text).unwrap();
+    let mut pairwise = plain.clone();
+    let k = plain.feature_names.len();
+    pairwise.interactions = Some(Interactions {
+        means: vec![1.0; k],
+        scales: vec![2.0; k],
+    });
+    pairwise
+        .feature_names
+        .extend(Interactions::names(&plain.feature_names));
+    let width = pairwise.feature_names.len();
+    pairwise.means.resize(width, 0.0);
+    pairwise.scales.resize(width, 1.0);
+    pairwise.coefficients.resize(width, 0.01);
+    let events = visitor(&taxonomy, 50, 50);
+    let obs = observe(&taxonomy, &events, Millis::from_unix_millis(AS_OF));
+    let mut group = c.benchmark_group("model with and without interactions (50 events)");
+    for (name, a) in [("plain", &plain), ("pairwise", &pairwise)] {
+        let m = Model::from_artifact(a, &taxonomy).unwrap();
+        group.bench_function(format!("{name}: predict"), |b| {
+            b.iter(|| black_box(m.predict(black_box(&obs.features))))
+        });
+        group.bench_function(format!("{name}: predict + every contribution"), |b| {
+            b.iter(|| {
+                let p = m.predict(black_box(&obs.features));
+                let terms = m.terms(&obs.features);
+                let top = (0..terms.len())
+                    .map(|i| m.contribution(i, terms[i]).abs())
+                    .fold(0.0f64, f64::max);
+                black_box((p, top))
+            })
+        });
+    }
+    group.finish();
+}
+
 /// An engine over an empty store, with the shipped model and default settings.
 fn engine(data: &std::path::Path) -> Engine {
     let settings = Settings::default();
@@ -226,5 +269,11 @@ fn handler(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pure_scoring, engine_score, handler);
+criterion_group!(
+    benches,
+    pure_scoring,
+    interaction_terms,
+    engine_score,
+    handler
+);
 criterion_main!(benches);
