@@ -214,39 +214,19 @@ async fn shutdown_signal() {
     }
 }
 
-/// Writes to a temporary file beside `path`, syncs, then renames over it, so
-/// a reader sees the old file or the new one, never half of one.
+/// [`rung::training::files::write_atomically`], the error naming the file.
 pub(crate) fn write_atomically(path: &Path, text: &str) -> anyhow::Result<()> {
-    write_atomically_with(path, |w| {
-        use std::io::Write;
-        w.write_all(text.as_bytes())?;
-        w.write_all(b"\n")?;
-        Ok(())
-    })
+    rung::training::files::write_atomically(path, text)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
-/// As [`write_atomically`], with `write` streaming the content.
+/// [`rung::training::files::write_atomically_with`], the error naming the file.
 pub(crate) fn write_atomically_with(
     path: &Path,
-    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> anyhow::Result<()>,
+    write: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> std::io::Result<()>,
 ) -> anyhow::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("model")
-    ));
-    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut w = std::io::BufWriter::new(f);
-    write(&mut w).with_context(|| format!("writing {}", tmp.display()))?;
-    w.flush()?;
-    w.get_ref().sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming onto {}", path.display()))?;
-    Ok(())
+    rung::training::files::write_atomically_with(path, write)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 mod bench;

@@ -521,8 +521,7 @@ fn write_examples(
     log: &EventLog,
 ) -> anyhow::Result<()> {
     super::write_atomically_with(path, |w| {
-        export::write_csv(prepared, &log.visitors, w)?;
-        Ok(())
+        export::write_csv(prepared, &log.visitors, w).map_err(std::io::Error::other)
     })?;
     println!(
         "wrote {}: {} examples × {} features",

@@ -5,6 +5,7 @@ pub mod evaluation;
 pub mod eventlog;
 pub mod examples;
 pub mod export;
+pub mod files;
 pub mod fit;
 pub mod metrics;
 pub mod pipeline;

@@ -547,24 +547,16 @@ pub fn train(
 
 /// `<UTC time>-<12 hex of the content hash>`: sortable, and unique per content.
 pub fn version_id(a: &ModelArtifact, now: Millis) -> String {
-    use sha2::{Digest, Sha256};
     let content = serde_json::json!({
         "features": a.feature_names,
         "means": a.means,
         "scales": a.scales,
         "coefficients": a.coefficients,
         "intercept": a.intercept,
+        "interactions": a.interactions,
         "taxonomy": a.taxonomy_fingerprint,
     });
-    let digest = Sha256::digest(content.to_string().as_bytes());
-    let hex: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-    let stamp: String = now
-        .to_rfc3339()
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .take(14)
-        .collect();
-    format!("{stamp}-{hex}")
+    super::files::version_id(&now.to_rfc3339(), &content)
 }
 
 pub fn figures(e: &Evaluation) -> Figures {
@@ -759,7 +751,11 @@ fn choose_lambda(
         });
         progress.set(trials.len() as u64);
         if queue.is_empty() {
-            if let Some(next) = widen(&trials, best.as_ref().map(|b| b.0)) {
+            let tried: Vec<f64> = trials.iter().map(|t| t.lambda).collect();
+            if let Some(next) = best
+                .as_ref()
+                .and_then(|b| widen(&tried, b.0, WIDEST_LAMBDA))
+            {
                 queue.push_back(next);
             }
         }
@@ -775,15 +771,16 @@ fn choose_lambda(
     }
 }
 
-/// The next strength to try when `best` sits at an edge of those tried.
-fn widen(trials: &[AlphaTrial], best: Option<f64>) -> Option<f64> {
-    let best = best?;
-    let (lo, hi) = trials.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), t| {
-        (lo.min(t.lambda), hi.max(t.lambda))
-    });
-    if trials.len() < 2 {
+/// The next L2 strength to try when `best` sits at an edge of those
+/// `tried`: tenfold past that edge, if still within `bounds`. None when the
+/// best is inside, or fewer than two were tried (no edge to speak of).
+pub(super) fn widen(tried: &[f64], best: f64, bounds: (f64, f64)) -> Option<f64> {
+    if tried.len() < 2 {
         return None;
     }
+    let (lo, hi) = tried.iter().fold((f64::INFINITY, 0.0f64), |(lo, hi), &t| {
+        (lo.min(t), hi.max(t))
+    });
     let next = if best == lo {
         lo / 10.0
     } else if best == hi {
@@ -791,9 +788,7 @@ fn widen(trials: &[AlphaTrial], best: Option<f64>) -> Option<f64> {
     } else {
         return None;
     };
-    (WIDEST_LAMBDA.0..=WIDEST_LAMBDA.1)
-        .contains(&next)
-        .then_some(next)
+    (bounds.0..=bounds.1).contains(&next).then_some(next)
 }
 
 /// Fits with λ × rows as linfa's alpha; with balanced class weights the

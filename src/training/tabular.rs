@@ -13,7 +13,6 @@
 use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ndarray::{Array2, Axis, ShapeBuilder};
@@ -30,6 +29,9 @@ use super::TrainError;
 
 /// The artifact format this module writes and reads.
 pub const FORMAT: &str = "rung.table-model.v1";
+
+/// How far the alpha search may widen past the grid's edges.
+const WIDEST_ALPHA: (f64, f64) = (1e-4, 1e6);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TableOptions {
@@ -1025,9 +1027,10 @@ fn train_bytes(
     check_scalable(path, &x, &names)?;
 
     let folds = stratified_folds(&y, opts.folds, opts.seed);
-    let mut alpha_search = Vec::with_capacity(opts.alphas.len());
+    let mut alpha_search: Vec<AlphaScore> = Vec::with_capacity(opts.alphas.len());
     let mut best: Option<(f64, CrossValidation)> = None;
-    for &alpha in &opts.alphas {
+    let mut queue: std::collections::VecDeque<f64> = opts.alphas.iter().copied().collect();
+    while let Some(alpha) = queue.pop_front() {
         let cv = cross_validate(&x, &y, &names, &folds, opts, alpha)?;
         let score = AlphaScore {
             alpha,
@@ -1039,7 +1042,18 @@ fn train_bytes(
             best = Some((score.log_loss, cv));
         }
         alpha_search.push(score);
+        // The best at an edge of the grid: try tenfold past it.
+        if queue.is_empty() {
+            let tried: Vec<f64> = alpha_search.iter().map(|a| a.alpha).collect();
+            if let Some(next) = best
+                .as_ref()
+                .and_then(|(_, cv)| super::pipeline::widen(&tried, cv.alpha, WIDEST_ALPHA))
+            {
+                queue.push_back(next);
+            }
+        }
     }
+    alpha_search.sort_by(|a, b| a.alpha.total_cmp(&b.alpha));
     let all: Vec<usize> = (0..y.len()).collect();
     let Some((_, cv)) = best else {
         return Err(TableError::Options("alphas is empty".into()));
@@ -1077,7 +1091,7 @@ fn train_bytes(
         version: String::new(),
         created_at: now.to_rfc3339(),
         source: source.to_string(),
-        source_sha256: hex(&Sha256::digest(bytes)),
+        source_sha256: format!("{:x}", Sha256::digest(bytes)),
         label: parsed.header[parsed.label].clone(),
         encoding,
         feature_names: names,
@@ -1257,11 +1271,7 @@ fn mean(values: &[Option<f64>]) -> Option<f64> {
         .map(|v| v.iter().sum::<f64>() / v.len() as f64)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// `<UTC time>-<12 hex of the content hash>`, like the event model's.
+/// The artifact's version ([`super::files::version_id`]).
 fn version_id(a: &TableModelArtifact) -> String {
     let content = serde_json::json!({
         "encoding": a.encoding,
@@ -1272,58 +1282,18 @@ fn version_id(a: &TableModelArtifact) -> String {
         "label": a.label,
         "source_sha256": a.source_sha256,
     });
-    let digest = Sha256::digest(content.to_string().as_bytes());
-    let stamp: String = a
-        .created_at
-        .chars()
-        .filter(|c| c.is_ascii_digit())
-        .take(14)
-        .collect();
-    format!("{stamp}-{}", hex(&digest[..6]))
+    super::files::version_id(&a.created_at, &content)
 }
 
-/// Writes the artifact as JSON to a temporary file beside `path`, syncs it,
-/// and renames it over `path`: a reader sees the old file or the new one,
-/// never part of one.
+/// Writes the artifact as JSON, atomically ([`super::files`]).
 pub fn write_artifact(path: &Path, artifact: &TableModelArtifact) -> Result<(), TableError> {
     let io_error = |source| TableError::Write {
         path: path.display().to_string(),
         source,
     };
-    let mut text =
+    let text =
         serde_json::to_string_pretty(artifact).map_err(|e| io_error(std::io::Error::other(e)))?;
-    text.push('\n');
-    let name = path.file_name().ok_or_else(|| {
-        io_error(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "the path names no file",
-        ))
-    })?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io_error(e));
-    }
-    // The rename is atomic either way; syncing the directory makes it
-    // durable, where the platform allows opening a directory.
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    super::files::write_atomically(path, &text).map_err(io_error)
 }
 
 #[cfg(test)]
@@ -1797,9 +1767,44 @@ mod tests {
             "{}",
             a.intercept
         );
-        // Equal losses: the first alpha of the grid is kept.
+        // Equal losses: the first alpha of the grid is kept; at the grid's
+        // lower edge, so 0.1 is tried too (and ties).
         assert_eq!(m.alpha, 1.0);
-        assert_eq!(m.alpha_search.len(), 2);
+        let tried: Vec<f64> = m.alpha_search.iter().map(|a| a.alpha).collect();
+        assert_eq!(tried, [0.1, 1.0, 10.0]);
+    }
+
+    #[test]
+    fn the_alpha_search_widens_past_the_grid_until_the_best_is_inside() {
+        // Arrange: a feature of pure noise, so the strongest L2 wins at
+        // first; a grid of two weak strengths puts the best at its top edge.
+        let text = table("noise,bought", 200, |i| {
+            let h = (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+            format!("{},{}", h % 1000, if i % 3 == 0 { "TRUE" } else { "FALSE" })
+        });
+        let o = TableOptions {
+            folds: 4,
+            alphas: vec![0.001, 0.01],
+            ..opts("bought")
+        };
+
+        // Act
+        let m = train(&text, &o).unwrap().artifact.metrics;
+
+        // Assert: tenfold steps up from 0.01, in order, the chosen alpha
+        // inside what was tried or at the widest the search goes.
+        let tried: Vec<f64> = m.alpha_search.iter().map(|a| a.alpha).collect();
+        assert!(tried.len() > 2, "{tried:?}");
+        for w in tried.windows(2) {
+            assert!((w[1] / w[0] - 10.0).abs() < 1e-9, "{tried:?}");
+        }
+        let last = *tried.last().unwrap();
+        assert!(
+            m.alpha < last || last >= WIDEST_ALPHA.1,
+            "{tried:?}, chose {}",
+            m.alpha
+        );
+        assert!(m.alpha > 0.01, "chose {}", m.alpha);
     }
 
     #[test]
