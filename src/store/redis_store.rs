@@ -5,7 +5,7 @@
 //! Keys (P is `store.key_prefix`, `{…}` a Redis hash tag):
 //! - `P{id}:r`: the visitor's record, a string: a random 16-character
 //!   version token that changes with every write, then the record encoded
-//!   as every backend encodes it ([`record::encode`]). A string, not a
+//!   as every backend encodes it ([`crate::store::record::encode`]). A string, not a
 //!   hash, so a scan reads a slot's records with one MGET;
 //! - `P{id}:e`: a hash of the raw-event ring, ring slot → encoded event;
 //! - `P{t}:seen`: for each of the 16,384 hash slots, a sorted set of the

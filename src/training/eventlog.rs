@@ -86,7 +86,7 @@ fn yes() -> bool {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Preset {
-    /// rung's own layout: visitor_id,time,type[,item_id,value,event_id] with a header.
+    /// rung's own layout: `visitor_id,time,type[,item_id,value,event_id]` with a header.
     Rung,
     /// Google Analytics 4 BigQuery export, one JSON object per line.
     Ga4,
