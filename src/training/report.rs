@@ -44,6 +44,7 @@ pub fn metrics_json(o: &TrainOutcome) -> serde_json::Value {
         "ladder_baseline": o.ladder,
         "chosen_l2_per_example": o.chosen_lambda,
         "l2_search": trials,
+        "interactions": if o.artifact.interactions.is_some() { "pairwise" } else { "none" },
     });
     m["calibration_drift"] = json!(drift(o));
     if let Some(r) = &o.recalibration {
