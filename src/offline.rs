@@ -745,6 +745,12 @@ pub struct SuggestArgs {
 pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
     let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
     let model = deploy::load(&args.model, &taxonomy)?.model;
+    if model.interactions().is_some() {
+        bail!(
+            "{} weighs pairwise products of its features (--interactions pairwise), so what one event adds depends on the visitor's other features; suggest ladder points from a model trained without interactions",
+            args.model.display()
+        );
+    }
     let suggestions = suggest::ladder_points(&model, &taxonomy, args.points_per_log_odds)
         .context("the model lacks a count feature")?;
     println!(

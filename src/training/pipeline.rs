@@ -894,6 +894,20 @@ mod tests {
     }
 
     #[test]
+    fn an_interaction_fit_too_large_for_memory_is_refused_with_its_size() {
+        // 42 features: 42 + 903 = 945 terms of 8 bytes; 4 GiB holds
+        // 568,117 such rows.
+        assert!(check_interaction_size(568_117, 42).is_ok());
+        let e = check_interaction_size(1_000_000, 42)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1000000 examples × 945 terms take 7.0 GiB"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn the_l2_search_widens_past_an_edge_until_the_best_is_inside() {
         let opts = TrainOptions::default(); // 1e-5 ..= 1e-1
         let y = [false, true];
