@@ -338,7 +338,8 @@ pub struct TrainArgs {
     out: PathBuf,
     #[command(flatten)]
     examples: ExampleArgs,
-    /// Also write the training set this run fits as CSV, as rung examples does.
+    /// Also write the training set this run fits, as rung examples does
+    /// (Parquet when the name ends in .parquet, else CSV).
     #[arg(long, conflicts_with = "table")]
     examples_out: Option<PathBuf>,
     /// none, or balanced: positives weigh negatives ÷ positives, and the
@@ -374,7 +375,8 @@ pub struct ExamplesArgs {
     /// files, repeat for more.
     #[arg(long, num_args = 1.., required_unless_present = "events_of")]
     events: Vec<PathBuf>,
-    /// Where the CSV goes.
+    /// Where the training set goes: Parquet when the name ends in
+    /// .parquet, else CSV.
     #[arg(long)]
     out: PathBuf,
     #[command(flatten)]
@@ -520,8 +522,15 @@ fn write_examples(
     prepared: &pipeline::Prepared,
     log: &EventLog,
 ) -> anyhow::Result<()> {
+    let parquet = path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"));
     super::write_atomically_with(path, |w| {
-        export::write_csv(prepared, &log.visitors, w).map_err(std::io::Error::other)
+        if parquet {
+            export::write_parquet(prepared, &log.visitors, w).map_err(std::io::Error::other)
+        } else {
+            export::write_csv(prepared, &log.visitors, w).map_err(std::io::Error::other)
+        }
     })?;
     println!(
         "wrote {}: {} examples × {} features",

@@ -225,3 +225,60 @@ fn reproduce(dir: &Path, log: &Path, validation: &str, extra: &[&str]) {
         "{validation}: scikit-learn {sklearn} vs rung {reported}\n{stdout}"
     );
 }
+
+/// Reads a Parquet export with pyarrow and the CSV export of the same
+/// examples with Python's csv module, and compares them value by value.
+const SAME_AS_CSV: &str = r#"
+import csv, sys, datetime
+import pyarrow.parquet as pq
+table = pq.read_table(sys.argv[1])
+with open(sys.argv[2], newline="") as f:
+    rows = list(csv.reader(f))
+header, rows = rows[0], rows[1:]
+assert table.column_names == header, (table.column_names, header)
+assert table.num_rows == len(rows), (table.num_rows, len(rows))
+assert str(table.schema.field("cutoff").type) == "timestamp[ms, tz=UTC]", table.schema
+cols = [table.column(n).to_pylist() for n in header]
+for r, row in enumerate(rows):
+    assert cols[0][r] == row[0] and cols[2][r] == row[2], r
+    when = datetime.datetime.fromisoformat(row[1].replace("Z", "+00:00"))
+    assert cols[1][r] == when, (r, cols[1][r], row[1])
+    assert cols[3][r] == int(row[3]), r
+    for c in range(4, len(header)):
+        assert cols[c][r] == float(row[c]), (r, header[c], cols[c][r], row[c])
+print(f"equal: {len(rows)} rows, {len(header)} columns")
+"#;
+
+#[test]
+fn the_parquet_export_reads_in_pyarrow_as_the_csv_export_reads() {
+    // Arrange
+    let python = python();
+    let dir = scratch("parquet");
+    let log = simulated_log(&dir, "1500");
+    let (csv, parquet) = (dir.join("ex.csv"), dir.join("ex.parquet"));
+
+    // Act: the same examples both ways.
+    for out in [&csv, &parquet] {
+        ok(&rung(&[
+            "examples",
+            "--events",
+            s(&log),
+            "--validation",
+            "kfold",
+            "--out",
+            s(out),
+        ]));
+    }
+
+    // Assert
+    let out = Command::new(&python)
+        .args(["-c", SAME_AS_CSV, s(&parquet), s(&csv)])
+        .output()
+        .unwrap();
+    let stdout = ok(&out);
+    assert!(
+        stdout.contains("equal: ") && stdout.contains(" 47 columns"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("equal: 0 rows"), "{stdout}");
+}
