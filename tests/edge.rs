@@ -702,10 +702,13 @@ async fn idle_connections_are_closed_and_busy_ones_are_not() {
     let mut silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     read_until_closed(&mut silent).await;
 
-    // A stream that stays open longer than the idle limit is left alone.
+    // A stream that stays open longer than the idle limit is left alone:
+    // it is still open after a silent socket opened later has been closed
+    // for idleness, so the limit has surely passed for it too.
     let ch = connect(server.addr).await;
     let (tx, stream) = open_stream(&ch).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut later = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    read_until_closed(&mut later).await;
     tx.send(TrackRequest {
         visitor_id: "streamer".into(),
         events: vec![recent("add_to_cart", "a")],
@@ -911,11 +914,9 @@ async fn a_sent_deadline_cuts_a_stream_and_the_default_cuts_only_unary_calls() {
     let server = spawn_server(s).await;
     let ch = connect(server.addr).await;
 
-    // A stream outlives the 1 ms default: it is not unary.
+    // A stream opened before a unary call that the 1 ms default cuts
+    // outlives that call: the default is for unary calls only.
     let (tx, stream) = open_stream(&ch).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    drop(tx);
-    assert_eq!(stream.await.unwrap().unwrap().accepted, 1);
 
     // A big unary call does not fit in 1 ms (its 17 MB alone take longer).
     let big = ScoreBatchRequest {
@@ -935,6 +936,8 @@ async fn a_sent_deadline_cuts_a_stream_and_the_default_cuts_only_unary_calls() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    drop(tx);
+    assert_eq!(stream.await.unwrap().unwrap().accepted, 1);
 
     // A sent grpc-timeout ends a stream that runs past it. A raw peer sends
     // it, since tonic's client would also keep the time itself (and answer

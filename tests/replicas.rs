@@ -486,8 +486,8 @@ async fn a_segment_saved_on_one_replica_is_counted_and_deleted_on_the_other(url:
 /// published, and a replica subscribes in the background after it starts;
 /// waiting for both keeps this test about delivery, not start-up timing.
 async fn wait_for_subscribers(url: &str, prefix: &str, n: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    let what = format!("{n} replicas subscribed under {prefix}");
+    until(&what, Duration::from_secs(20), || async {
         let mut listening = 0;
         for node in url.split(',') {
             let client = ::redis::Client::open(node).unwrap();
@@ -512,15 +512,9 @@ async fn wait_for_subscribers(url: &str, prefix: &str, n: i64) {
                 .unwrap();
             listening += counts.values().sum::<i64>();
         }
-        if listening >= n {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {listening} of {n} replicas subscribed under {prefix}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        (listening >= n).then_some(())
+    })
+    .await
 }
 
 async fn a_model_reloaded_on_one_replica_is_followed_by_the_other(url: String) {
