@@ -113,8 +113,9 @@ fn interaction_terms(c: &mut Criterion) {
         });
         group.bench_function(format!("{name}: predict + every contribution"), |b| {
             b.iter(|| {
-                let p = m.predict(black_box(&obs.features));
-                let terms = m.terms(&obs.features);
+                // As the engine does: the terms once, for both.
+                let terms = m.terms(black_box(&obs.features));
+                let p = m.predict_terms(&terms);
                 let top = (0..terms.len())
                     .map(|i| m.contribution(i, terms[i]).abs())
                     .fold(0.0f64, f64::max);

@@ -371,12 +371,12 @@ impl Engine {
         after_as_of: usize,
         dup: u32,
     ) -> Score {
-        let prediction = model.predict(&obs.features);
+        // The features, then any interaction products: each a reason.
+        let terms = model.terms(&obs.features);
+        let prediction = model.predict_terms(&terms);
         self.metrics
             .score_probability
             .observe(prediction.probability);
-        // The features, then any interaction products: each a reason.
-        let terms = model.terms(&obs.features);
         let reasons = top_reasons(model, &terms, q.max_reasons)
             .into_iter()
             .map(|i| reason(model, i, terms[i]))

@@ -77,19 +77,13 @@ impl Interactions {
         }
     }
 
-    /// Σ weightₚ · productₚ over all products, without writing them out:
-    /// the model's share of the log-odds from its interaction terms.
-    pub fn weighted_sum(&self, paired: &[f64], weights: &[f64]) -> f64 {
-        debug_assert_eq!(weights.len(), self.width());
-        let z: Vec<f64> = self.standardize(paired).collect();
-        let mut sum = 0.0;
-        let mut at = 0;
-        for (i, a) in z.iter().enumerate() {
-            let row = &weights[at..at + z.len() - i];
-            sum += a * row.iter().zip(&z[i..]).map(|(w, b)| w * b).sum::<f64>();
-            at += z.len() - i;
-        }
-        sum
+    /// `x` (the paired features) followed by their products: a model's
+    /// terms when it pairs all of its features.
+    pub fn terms(&self, x: &[f64]) -> Vec<f64> {
+        let mut terms = vec![0.0; x.len() + self.width()];
+        terms[..x.len()].copy_from_slice(x);
+        self.products_into(x, &mut terms[x.len()..]);
+        terms
     }
 
     /// Checks a stored standardization: `paired` entries, finite means,
@@ -149,9 +143,7 @@ mod tests {
             Interactions::names(&["a", "b"]),
             vec!["a × a", "a × b", "b × b"]
         );
-        // The weighted sum equals the written-out products' dot product:
-        // 0.5·4 − 1·(−2) + 3·1 = 7.
-        assert_eq!(i.weighted_sum(&[0.0, 11.0], &[0.5, -1.0, 3.0]), 7.0);
+        assert_eq!(i.terms(&[0.0, 11.0]), [0.0, 11.0, 4.0, -2.0, 1.0]);
     }
 
     #[test]

@@ -134,8 +134,6 @@ pub struct Model {
     /// Every term's name: the features, then any products.
     feature_names: Vec<Arc<str>>,
     means: Vec<f64>,
-    /// How many of the terms are features (the rest are products).
-    features: usize,
     interactions: Option<Interactions>,
     /// coefficientᵢ / scaleᵢ.
     weights: Vec<f64>,
@@ -246,7 +244,6 @@ impl Model {
                 .map(|n| Arc::from(n.as_str()))
                 .collect(),
             means: a.means.clone(),
-            features,
             interactions: a.interactions.clone(),
             weights,
             bias,
@@ -279,12 +276,7 @@ impl Model {
     pub fn terms<'a>(&self, x: &'a [f64]) -> Cow<'a, [f64]> {
         match &self.interactions {
             None => Cow::Borrowed(x),
-            Some(i) => {
-                let mut terms = vec![0.0; self.weights.len()];
-                terms[..x.len()].copy_from_slice(x);
-                i.products_into(x, &mut terms[x.len()..]);
-                Cow::Owned(terms)
-            }
+            Some(i) => Cow::Owned(i.terms(x)),
         }
     }
 
@@ -296,12 +288,21 @@ impl Model {
     /// [`crate::scoring::feature_names`] order.
     #[inline]
     pub fn predict(&self, x: &[f64]) -> Prediction {
-        debug_assert_eq!(x.len(), self.features);
-        let (own, products) = self.weights.split_at(self.features);
-        let mut log_odds = self.bias + own.iter().zip(x).map(|(w, v)| w * v).sum::<f64>();
-        if let Some(i) = &self.interactions {
-            log_odds += i.weighted_sum(x, products);
-        }
+        self.predict_terms(&self.terms(x))
+    }
+
+    /// The prediction from the terms [`Model::terms`] gives, for a caller
+    /// that also needs them (reasons): the products are formed once.
+    #[inline]
+    pub fn predict_terms(&self, terms: &[f64]) -> Prediction {
+        debug_assert_eq!(terms.len(), self.weights.len());
+        let log_odds = self.bias
+            + self
+                .weights
+                .iter()
+                .zip(terms)
+                .map(|(w, v)| w * v)
+                .sum::<f64>();
         Prediction {
             log_odds,
             probability: sigmoid(log_odds),
@@ -532,7 +533,6 @@ mod tests {
         let t = Taxonomy::builtin();
         let mut m = Model::from_artifact(&shipped(), &t).unwrap();
         m.weights = vec![2.0 / 4.0];
-        m.features = 1;
         m.means = vec![1.0];
         m.bias = 0.5 - 0.5 * 1.0;
         let p = m.predict(&[3.0]);

@@ -58,12 +58,7 @@ impl Fitted {
     pub fn probability(&self, row: &[f64]) -> f64 {
         let terms = match &self.interactions {
             None => std::borrow::Cow::Borrowed(row),
-            Some(i) => {
-                let mut t = row.to_vec();
-                t.resize(row.len() + i.width(), 0.0);
-                i.products_into(row, &mut t[row.len()..]);
-                std::borrow::Cow::Owned(t)
-            }
+            Some(i) => std::borrow::Cow::Owned(i.terms(row)),
         };
         crate::scoring::model::sigmoid(log_odds(
             self.intercept,
