@@ -124,7 +124,6 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn server_settings(dir: &std::path::Path, redis: Option<(&str, &str)>) -> Settings {
     let mut settings = Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        model: std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/default.json"),
         data_dir: dir.to_path_buf(),
         ..Settings::default()
     };

@@ -58,11 +58,9 @@ fn visitor(taxonomy: &Taxonomy, n: usize, seed: u64) -> Vec<Event> {
     events
 }
 
-const MODEL_PATH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/models/default.json");
-
+/// The built-in model (models/default.json).
 fn model(taxonomy: &Taxonomy) -> Model {
-    let text = std::fs::read_to_string(MODEL_PATH).expect("models/default.json");
-    Model::from_json(&text, taxonomy).expect("model loads")
+    Model::from_json(rung::deploy::BUILT_IN_ARTIFACT, taxonomy).expect("model loads")
 }
 
 fn pure_scoring(c: &mut Criterion) {
@@ -88,8 +86,7 @@ fn pure_scoring(c: &mut Criterion) {
 fn interaction_terms(c: &mut Criterion) {
     use rung::scoring::{Interactions, ModelArtifact};
     let taxonomy = Taxonomy::builtin();
-    let text = std::fs::read_to_string(MODEL_PATH).expect("models/default.json");
-    let plain: ModelArtifact = serde_json::from_str(&text).unwrap();
+    let plain: ModelArtifact = serde_json::from_str(rung::deploy::BUILT_IN_ARTIFACT).unwrap();
     let mut pairwise = plain.clone();
     let k = plain.feature_names.len();
     pairwise.interactions = Some(Interactions {
@@ -131,7 +128,7 @@ fn engine(data: &std::path::Path) -> Engine {
     let settings = Settings::default();
     let taxonomy = Taxonomy::builtin();
     let model =
-        rung::deploy::load(std::path::Path::new(MODEL_PATH), &taxonomy).expect("model loads");
+        rung::deploy::load(&rung::deploy::ModelSource::BuiltIn, &taxonomy).expect("model loads");
     let taxonomy = Arc::new(taxonomy);
     let store = RedbStore::open(
         data,

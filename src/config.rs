@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 pub use crate::auth::KeyEntry;
 pub use crate::scoring::Bands;
 
-/// The model path used when none is configured.
-pub const DEFAULT_MODEL_PATH: &str = "models/default.json";
+use crate::deploy::ModelSource;
+
+/// The folder ReloadModel may read from when neither `model_dir` nor a
+/// model file is set (relative to the working directory).
+pub const DEFAULT_MODEL_DIR: &str = "models";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -24,8 +27,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// A taxonomy TOML file; unset means the built-in `config/taxonomy.toml`.
     pub taxonomy: Option<PathBuf>,
-    /// The model artifact (relative paths are from the working directory).
-    pub model: PathBuf,
+    /// The model artifact (relative paths are from the working directory);
+    /// unset, or `built-in`, means the model built into the binary.
+    pub model: Option<PathBuf>,
     /// How often, in seconds, the server looks at the model file's metadata
     /// (modification time, length) and reloads it when it changed; 0 turns
     /// the watch off. A refused artifact is logged and the old model keeps
@@ -34,7 +38,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// A tracing filter (`info`, `rung=debug,tower=warn`); RUST_LOG wins.
     pub log_level: String,
-    /// Where the embedded store keeps its file.
+    /// Where the embedded store keeps its file; relative paths are from the
+    /// working directory.
     pub data_dir: PathBuf,
     pub scoring: ScoringSettings,
     pub bands: Bands,
@@ -43,7 +48,8 @@ pub struct Settings {
     /// Where `GET /metrics` (Prometheus text) is served; empty turns it off.
     pub metrics_listen: String,
     /// The only folder ReloadModel (and a model another replica announces)
-    /// may read from; unset means the folder of `model`.
+    /// may read from; unset means the folder of `model`, or `models` (from
+    /// the working directory) when `model` is the built-in one.
     pub model_dir: Option<PathBuf>,
     pub auth: AuthSettings,
     pub tls: TlsSettings,
@@ -169,7 +175,7 @@ impl Default for Settings {
         Settings {
             listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
             taxonomy: None,
-            model: PathBuf::from(DEFAULT_MODEL_PATH),
+            model: None,
             model_watch_secs: 2,
             log_format: LogFormat::Human,
             log_level: "info".into(),
@@ -459,12 +465,21 @@ impl Settings {
         self.metrics_listen.parse().ok()
     }
 
+    /// Where the model served at start comes from.
+    pub fn model_source(&self) -> ModelSource {
+        self.model
+            .as_deref()
+            .map_or(ModelSource::BuiltIn, ModelSource::named)
+    }
+
     /// The folder models may be loaded from.
     pub fn model_dir(&self) -> PathBuf {
-        match &self.model_dir {
-            Some(d) => d.clone(),
-            None => self
-                .model
+        if let Some(d) = &self.model_dir {
+            return d.clone();
+        }
+        match self.model_source() {
+            ModelSource::BuiltIn => PathBuf::from(DEFAULT_MODEL_DIR),
+            ModelSource::File(model) => model
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty())
                 .map_or_else(|| PathBuf::from("."), Path::to_path_buf),
@@ -521,6 +536,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("model_watch_secs"));
+    }
+
+    #[test]
+    fn the_model_is_built_in_unless_a_file_is_named() {
+        figment::Jail::expect_with(|jail| {
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(s.model_source(), ModelSource::BuiltIn);
+            assert_eq!(s.model_dir(), Path::new("models"));
+
+            jail.set_env("RUNG_MODEL", "built-in");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(s.model_source(), ModelSource::BuiltIn);
+
+            jail.set_env("RUNG_MODEL", "shop/models/m.json");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(
+                s.model_source(),
+                ModelSource::File("shop/models/m.json".into())
+            );
+            assert_eq!(s.model_dir(), Path::new("shop/models"));
+
+            jail.set_env("RUNG_MODEL_DIR", "/srv/models");
+            let s = Settings::load(None).expect("loads");
+            assert_eq!(s.model_dir(), Path::new("/srv/models"));
+            Ok(())
+        });
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Deploying a model without downtime: reading an artifact file into a
-//! [`Deployed`] model, the [`ModelSlot`] scoring takes the serving model from,
-//! and the [`ModelWatch`] that notices when the file changes.
+//! Deploying a model without downtime: reading an artifact (a file, or the
+//! one built into the binary) into a [`Deployed`] model, the [`ModelSlot`]
+//! scoring takes the serving model from, and the [`ModelWatch`] that notices
+//! when the file changes.
 //!
 //! A swap replaces one `Arc` under a lock held for that assignment only. A
 //! scoring call clones the `Arc` once at its start and scores with that model
@@ -15,6 +16,59 @@ use std::time::SystemTime;
 use crate::domain::{Millis, Taxonomy};
 use crate::scoring::model::{Metrics, ModelArtifact};
 use crate::scoring::{Model, ModelError};
+
+/// The bootstrap model, built into the binary as the taxonomy is, so that an
+/// installed `rung` serves with its defaults from any directory.
+pub const BUILT_IN_ARTIFACT: &str = include_str!("../models/default.json");
+
+/// How a path names the built-in model: in the `model` setting, in
+/// ReloadModel, in GetModel's answer and in the notes replicas exchange.
+pub const BUILT_IN: &str = "built-in";
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModelSource {
+    /// [`BUILT_IN_ARTIFACT`].
+    BuiltIn,
+    /// An artifact file (relative paths are from the working directory).
+    File(PathBuf),
+}
+
+impl ModelSource {
+    /// The source a path names: the literal `built-in` is the built-in
+    /// model (a file of that name is `./built-in`), anything else a file.
+    pub fn named(path: &Path) -> ModelSource {
+        if path.as_os_str() == BUILT_IN {
+            ModelSource::BuiltIn
+        } else {
+            ModelSource::File(path.to_path_buf())
+        }
+    }
+
+    /// The file, if any.
+    pub fn file(&self) -> Option<&Path> {
+        match self {
+            ModelSource::BuiltIn => None,
+            ModelSource::File(p) => Some(p),
+        }
+    }
+
+    /// As a path: `built-in`, or the file's. [`ModelSource::named`] reads
+    /// it back.
+    pub fn as_path(&self) -> &Path {
+        self.file().unwrap_or(Path::new(BUILT_IN))
+    }
+}
+
+/// For messages: "model file X" or "the built-in model".
+impl std::fmt::Display for ModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ModelSource::BuiltIn => f.write_str("the built-in model"),
+            ModelSource::File(p) => write!(f, "model file {}", p.display()),
+        }
+    }
+}
 
 /// The largest artifact read. The shipped one is about 10 KB; the bound
 /// keeps a wrong path (a log file, `/dev/zero`) from exhausting memory.
@@ -31,13 +85,26 @@ pub enum DeployError {
     NotAFile { path: PathBuf },
     #[error("model file {path} is {len} bytes; the limit is {max}")]
     TooLarge { path: PathBuf, len: u64, max: u64 },
-    /// What is wrong with the file's content, named without repeating a
-    /// value read from it (`source` has the whole story, for the log).
-    #[error("model file {path} refused: {}", source.summary())]
-    Refused { path: PathBuf, source: ModelError },
+    /// What is wrong with the artifact, named without repeating a value
+    /// read from it (`source` has the whole story, for the log).
+    #[error("{model} refused: {}{}", source.summary(), built_in_hint(model, source))]
+    Refused {
+        model: ModelSource,
+        source: ModelError,
+    },
     /// A path outside the models folder; nothing was looked at.
     #[error("{path} is outside the models folder {dir} (setting model_dir); models are loaded only from there")]
     Outside { path: PathBuf, dir: PathBuf },
+}
+
+/// The built-in model fits only the built-in taxonomy: say what to do.
+fn built_in_hint(model: &ModelSource, e: &ModelError) -> &'static str {
+    match (model, e) {
+        (ModelSource::BuiltIn, ModelError::Mismatch { .. }) => {
+            " (it was trained for the built-in taxonomy; with another taxonomy, set `model` to an artifact trained for it)"
+        }
+        _ => "",
+    }
 }
 
 /// The one folder models are read from. Paths are judged by their text
@@ -153,12 +220,13 @@ pub struct ModelCard {
 pub struct Deployed {
     pub model: Model,
     pub card: ModelCard,
-    pub path: PathBuf,
+    pub source: ModelSource,
     pub loaded_at: Millis,
     /// The stamp of the file as opened, taken *before* its content was read:
     /// had the file changed during the read, the watcher sees another stamp
-    /// and loads it again, rather than missing the change.
-    stamp: FileStamp,
+    /// and loads it again, rather than missing the change. `None` for the
+    /// built-in model.
+    stamp: Option<FileStamp>,
 }
 
 impl Deployed {
@@ -166,17 +234,39 @@ impl Deployed {
         self.model.version()
     }
 
-    /// When the artifact was written (its file's modification time, as
-    /// opened), or when it was loaded where the filesystem keeps no time.
+    /// When the artifact was written: its file's modification time, as
+    /// opened (or when it was loaded, where the filesystem keeps no time);
+    /// for the built-in model, when it was trained, so that a replica
+    /// started on it still follows a model another replica loaded earlier.
     pub fn written_at(&self) -> Millis {
-        self.stamp
-            .modified
-            .map_or(self.loaded_at, Millis::from_system_time)
+        match (&self.source, self.stamp.and_then(|s| s.modified)) {
+            (ModelSource::BuiltIn, _) => {
+                self.card.trained_at.unwrap_or(Millis::from_unix_millis(0))
+            }
+            (ModelSource::File(_), Some(modified)) => Millis::from_system_time(modified),
+            (ModelSource::File(_), None) => self.loaded_at,
+        }
     }
 }
 
-/// Reads and checks the artifact at `path` against the running taxonomy.
-pub fn load(path: &Path, taxonomy: &Taxonomy) -> Result<Deployed, DeployError> {
+/// Reads and checks a model against the running taxonomy.
+pub fn load(source: &ModelSource, taxonomy: &Taxonomy) -> Result<Deployed, DeployError> {
+    match source {
+        ModelSource::BuiltIn => deploy(
+            BUILT_IN_ARTIFACT.as_bytes(),
+            ModelSource::BuiltIn,
+            None,
+            taxonomy,
+        ),
+        ModelSource::File(path) => {
+            let (bytes, stamp) = read_file(path)?;
+            deploy(&bytes, source.clone(), Some(stamp), taxonomy)
+        }
+    }
+}
+
+/// The artifact file at `path`, bounded, and its stamp as opened.
+fn read_file(path: &Path) -> Result<(Vec<u8>, FileStamp), DeployError> {
     let read_error = |source| DeployError::Read {
         path: path.to_path_buf(),
         source,
@@ -208,19 +298,29 @@ pub fn load(path: &Path, taxonomy: &Taxonomy) -> Result<Deployed, DeployError> {
             max: MAX_ARTIFACT_BYTES,
         });
     }
-    let refused = |source| DeployError::Refused {
-        path: path.to_path_buf(),
-        source,
+    Ok((bytes, stamp))
+}
+
+/// An artifact's bytes, checked and made ready to serve.
+fn deploy(
+    bytes: &[u8],
+    source: ModelSource,
+    stamp: Option<FileStamp>,
+    taxonomy: &Taxonomy,
+) -> Result<Deployed, DeployError> {
+    let refused = |e| DeployError::Refused {
+        model: source.clone(),
+        source: e,
     };
     // From bytes, not text: junk that is not UTF-8 is a parse error with a
     // position, like any other junk.
     let artifact: ModelArtifact =
-        serde_json::from_slice(&bytes).map_err(|e| refused(ModelError::Parse(e)))?;
+        serde_json::from_slice(bytes).map_err(|e| refused(ModelError::Parse(e)))?;
     let model = Model::from_artifact(&artifact, taxonomy).map_err(refused)?;
     let trained_at = Millis::parse_rfc3339(&artifact.created_at);
     if trained_at.is_none() {
         tracing::warn!(
-            path = %path.display(),
+            model = %source,
             created_at = %artifact.created_at,
             "model artifact's created_at is not RFC 3339 UTC; GetModel leaves trained_at out"
         );
@@ -237,7 +337,7 @@ pub fn load(path: &Path, taxonomy: &Taxonomy) -> Result<Deployed, DeployError> {
     Ok(Deployed {
         model,
         card,
-        path: path.to_path_buf(),
+        source,
         loaded_at: Millis::now(),
         stamp,
     })
@@ -262,7 +362,7 @@ impl Swap {
 /// GetModel reports, so an operator can see why a new file is not live.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Refusal {
-    pub path: PathBuf,
+    pub model: ModelSource,
     pub at: Millis,
     /// The whole error, naming the problem.
     pub reason: String,
@@ -324,22 +424,22 @@ impl ModelSlot {
         self.state.write().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Loads `path` (default: the serving model's own file) and swaps it in.
-    /// On error the serving model stays, and the refusal is remembered. A
-    /// path outside the models folder is refused before anything is read,
-    /// and not remembered (it says nothing about a model file).
+    /// Loads the model `path` names (default: the serving model's own
+    /// source; `built-in` names the built-in model) and swaps it in. On
+    /// error the serving model stays, and the refusal is remembered. A path
+    /// outside the models folder is refused before anything is read, and
+    /// not remembered (it says nothing about a model file).
     pub fn reload(&self, path: Option<&Path>) -> Result<Swap, DeployError> {
-        let admitted = path.map(|p| self.dir.admit(p)).transpose()?;
-        let path = admitted.as_deref();
+        let admitted = match path.map(ModelSource::named) {
+            Some(ModelSource::File(p)) => Some(ModelSource::File(self.dir.admit(&p)?)),
+            other => other,
+        };
         let _one_at_a_time = self
             .reloading
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let path = match path {
-            Some(p) => p.to_path_buf(),
-            None => self.current().path.clone(),
-        };
-        match load(&path, &self.taxonomy) {
+        let source = admitted.unwrap_or_else(|| self.current().source.clone());
+        match load(&source, &self.taxonomy) {
             Ok(next) => {
                 let next = Arc::new(next);
                 let previous = std::mem::replace(
@@ -357,7 +457,7 @@ impl ModelSlot {
             }
             Err(e) => {
                 self.write().last_refusal = Some(Arc::new(Refusal {
-                    path,
+                    model: source,
                     at: Millis::now(),
                     reason: e.to_string(),
                 }));
@@ -387,26 +487,32 @@ pub struct ModelWatch {
 }
 
 impl ModelWatch {
-    /// Starts from the file the serving model was loaded from.
+    /// Starts from the file the serving model was loaded from, if any.
     pub fn new(slot: &ModelSlot) -> ModelWatch {
         ModelWatch {
-            last_seen: Some(slot.current().stamp),
+            last_seen: slot.current().stamp,
         }
     }
 
     /// Looks at the serving model's file (which follows a ReloadModel to
-    /// another path) and reloads it if it changed since the last look.
+    /// another path) and reloads it if it changed since the last look. The
+    /// built-in model has no file: nothing to look at until a ReloadModel
+    /// names one.
     pub fn poll(&mut self, slot: &ModelSlot) -> Polled {
         let serving = slot.current();
-        let seen = FileStamp::of(&serving.path).ok();
+        let Some(path) = serving.source.file() else {
+            self.last_seen = None;
+            return Polled::Unchanged;
+        };
+        let seen = FileStamp::of(path).ok();
         // Also unchanged when the serving model came from exactly this
         // version of the file: a ReloadModel already loaded it.
-        if seen == self.last_seen || seen == Some(serving.stamp) {
+        if seen == self.last_seen || seen == serving.stamp {
             self.last_seen = seen;
             return Polled::Unchanged;
         }
         self.last_seen = seen;
-        match slot.reload(Some(&serving.path)) {
+        match slot.reload(Some(path)) {
             Ok(swap) => Polled::Swapped(swap),
             Err(e) => Polled::Refused(e),
         }
@@ -418,7 +524,7 @@ mod tests {
     use super::*;
 
     fn shipped_json() -> serde_json::Value {
-        serde_json::from_str(include_str!("../models/default.json")).unwrap()
+        serde_json::from_str(BUILT_IN_ARTIFACT).unwrap()
     }
 
     fn write(path: &Path, value: &serde_json::Value) {
@@ -434,7 +540,7 @@ mod tests {
         json["description"] = "a test artifact".into();
         write(&path, &json);
 
-        let d = load(&path, &Taxonomy::builtin()).unwrap();
+        let d = load(&ModelSource::File(path.clone()), &Taxonomy::builtin()).unwrap();
 
         assert_eq!(d.version(), json["version"].as_str().unwrap());
         assert_eq!(d.card.description, "a test artifact");
@@ -445,7 +551,7 @@ mod tests {
             d.card.metrics.validation.pr_auc,
             json["metrics"]["validation"]["pr_auc"].as_f64()
         );
-        assert_eq!(d.path, path);
+        assert_eq!(d.source, ModelSource::File(path));
     }
 
     #[test]
@@ -456,7 +562,7 @@ mod tests {
         let taxonomy = Arc::new(Taxonomy::builtin());
         let slot = ModelSlot::new(
             taxonomy.clone(),
-            load(&path, &taxonomy).unwrap(),
+            load(&ModelSource::File(path.clone()), &taxonomy).unwrap(),
             ModelDir::new(dir.path()).unwrap(),
         );
         let before = slot.current();
@@ -468,7 +574,7 @@ mod tests {
         let state = slot.state();
         assert!(Arc::ptr_eq(&before, &state.serving));
         let refusal = state.last_refusal.expect("the refusal is remembered");
-        assert_eq!(refusal.path, path);
+        assert_eq!(refusal.model, ModelSource::File(path.clone()));
         assert!(
             refusal.reason.contains("not a valid artifact"),
             "{}",
@@ -489,7 +595,7 @@ mod tests {
         let taxonomy = Arc::new(Taxonomy::builtin());
         let slot = ModelSlot::new(
             taxonomy.clone(),
-            load(&path, &taxonomy).unwrap(),
+            load(&ModelSource::File(path.clone()), &taxonomy).unwrap(),
             ModelDir::new(dir.path()).unwrap(),
         );
         let mut watch = ModelWatch::new(&slot);
@@ -512,7 +618,93 @@ mod tests {
     #[test]
     fn a_file_that_is_not_regular_is_refused_without_reading_it() {
         let dir = tempfile::tempdir().unwrap();
-        let e = load(dir.path(), &Taxonomy::builtin()).unwrap_err();
+        let e = load(
+            &ModelSource::File(dir.path().to_path_buf()),
+            &Taxonomy::builtin(),
+        )
+        .unwrap_err();
         assert!(matches!(e, DeployError::NotAFile { .. }), "{e}");
+    }
+
+    #[test]
+    fn the_built_in_model_is_the_shipped_artifact_and_has_no_file() {
+        let d = load(&ModelSource::BuiltIn, &Taxonomy::builtin()).unwrap();
+        assert_eq!(d.version(), shipped_json()["version"].as_str().unwrap());
+        assert_eq!(d.source.as_path(), Path::new("built-in"));
+        assert_eq!(d.source.file(), None);
+        // Written when it was trained, not when this process loaded it.
+        assert_eq!(Some(d.written_at()), d.card.trained_at);
+    }
+
+    #[test]
+    fn built_in_names_the_built_in_model_and_any_other_path_a_file() {
+        assert_eq!(
+            ModelSource::named(Path::new("built-in")),
+            ModelSource::BuiltIn
+        );
+        for file in ["./built-in", "models/built-in", "built-in.json"] {
+            assert_eq!(
+                ModelSource::named(Path::new(file)),
+                ModelSource::File(PathBuf::from(file))
+            );
+        }
+        let file = ModelSource::File(PathBuf::from("m/x.json"));
+        assert_eq!(ModelSource::named(file.as_path()), file);
+        assert_eq!(
+            ModelSource::named(ModelSource::BuiltIn.as_path()),
+            ModelSource::BuiltIn
+        );
+    }
+
+    #[test]
+    fn the_built_in_model_refused_by_another_taxonomy_says_what_to_set() {
+        let other = Taxonomy::from_toml(
+            &crate::domain::taxonomy::DEFAULT_TAXONOMY_TOML.replace("wishlist", "wish_list"),
+        )
+        .unwrap();
+        let e = load(&ModelSource::BuiltIn, &other).unwrap_err().to_string();
+        assert!(e.starts_with("the built-in model refused"), "{e}");
+        assert!(
+            e.contains("set `model` to an artifact trained for it"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_slot_moves_between_the_built_in_model_and_files_and_the_watch_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.json");
+        let mut json = shipped_json();
+        json["version"] = "from-a-file".into();
+        write(&path, &json);
+        let taxonomy = Arc::new(Taxonomy::builtin());
+        let slot = ModelSlot::new(
+            taxonomy.clone(),
+            load(&ModelSource::BuiltIn, &taxonomy).unwrap(),
+            ModelDir::new(dir.path()).unwrap(),
+        );
+        let built_in = slot.current().version().to_string();
+        let mut watch = ModelWatch::new(&slot);
+        // Nothing to watch, and a reload without a path reloads the same.
+        assert!(matches!(watch.poll(&slot), Polled::Unchanged));
+        let again = slot.reload(None).unwrap();
+        assert!(!again.changed());
+        assert_eq!(again.current.source, ModelSource::BuiltIn);
+
+        let to_file = slot.reload(Some(&path)).unwrap();
+        assert_eq!(to_file.current.version(), "from-a-file");
+        assert!(matches!(watch.poll(&slot), Polled::Unchanged));
+        json["version"] = "edited".into();
+        write(&path, &json);
+        assert!(matches!(watch.poll(&slot), Polled::Swapped(_)));
+        assert_eq!(slot.current().version(), "edited");
+
+        let back = slot.reload(Some(Path::new("built-in"))).unwrap();
+        assert_eq!(back.current.source, ModelSource::BuiltIn);
+        assert_eq!(back.current.version(), built_in);
+        json["version"] = "edited-again".into();
+        write(&path, &json);
+        assert!(matches!(watch.poll(&slot), Polled::Unchanged));
+        assert_eq!(slot.current().version(), built_in);
     }
 }

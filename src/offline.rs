@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use rung::deploy;
+use rung::deploy::{self, ModelSource};
 use rung::domain::{Millis, Taxonomy};
 use rung::training::eventlog::{
     self, Column, EventLog, FileFormat, Mapping, Preset, Source, TimeUnit,
@@ -660,7 +660,8 @@ fn train_table(args: &TrainArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct EvaluateArgs {
-    /// The model artifact (JSON) to judge.
+    /// The model artifact (JSON) to judge; `built-in` is the one built into
+    /// the binary.
     #[arg(long)]
     model: PathBuf,
     /// The event log (CSV or JSON Lines; .gz too): files or folders of
@@ -690,7 +691,7 @@ pub struct EvaluateArgs {
 pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
     let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
     // The checks the server makes before it serves a model.
-    let deployed = deploy::load(&args.model, &taxonomy)?;
+    let deployed = deploy::load(&ModelSource::named(&args.model), &taxonomy)?;
     let model = &deployed.model;
     let bars = Bars::new();
     let log = read_log(
@@ -737,7 +738,8 @@ pub fn evaluate(args: EvaluateArgs) -> anyhow::Result<()> {
 
 #[derive(clap::Args, Debug)]
 pub struct SuggestArgs {
-    /// The model artifact (JSON) to read coefficients from.
+    /// The model artifact (JSON) to read coefficients from; `built-in` is
+    /// the one built into the binary.
     #[arg(long)]
     model: PathBuf,
     /// A taxonomy TOML file [default: the built-in one].
@@ -753,7 +755,7 @@ pub struct SuggestArgs {
 /// through the type's standardized coefficient), times a scale.
 pub fn suggest_ladder(args: SuggestArgs) -> anyhow::Result<()> {
     let taxonomy = Taxonomy::load(args.taxonomy.as_deref())?;
-    let model = deploy::load(&args.model, &taxonomy)?.model;
+    let model = deploy::load(&ModelSource::named(&args.model), &taxonomy)?.model;
     if model.interactions().is_some() {
         bail!(
             "{} weighs pairwise products of its features (--interactions pairwise), so what one event adds depends on the visitor's other features; suggest ladder points from a model trained without interactions",

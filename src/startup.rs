@@ -89,12 +89,12 @@ pub async fn open_store(
 /// The engine the settings describe.
 pub async fn build_engine(settings: &Settings) -> Result<Engine, StartupError> {
     let taxonomy = Arc::new(Taxonomy::load(settings.taxonomy.as_deref())?);
-    let model = deploy::load(&settings.model, &taxonomy)?;
+    let model = deploy::load(&settings.model_source(), &taxonomy)?;
     tracing::info!(
         model_version = model.version(),
         features = model.model.feature_names().len(),
         taxonomy = taxonomy.fingerprint(),
-        path = %model.path.display(),
+        model = %model.source,
         "model loaded"
     );
     let store = open_store(settings, taxonomy.clone()).await?;

@@ -40,7 +40,7 @@ async fn spawn_with_model_copy(watch_secs: u64) -> ModelApp {
     let path = dir.path().join("model.json");
     std::fs::copy(model_path(), &path).expect("copy of the shipped model");
     let settings = Settings {
-        model: path.clone(),
+        model: Some(path.clone()),
         model_watch_secs: watch_secs,
         ..test_settings()
     };
@@ -432,6 +432,39 @@ async fn reload_with_a_path_serves_that_file_and_names_it() {
 }
 
 #[tokio::test]
+async fn reload_to_built_in_goes_back_to_the_model_in_the_binary() {
+    // Arrange: a file model that differs from the built-in one.
+    let mut m = spawn_with_model_copy(0).await;
+    let edited = variant("edited", 0.5);
+    write_artifact(&m.path, &edited);
+    reload(&mut m.models).await.expect("the edited file loads");
+    assert_scored_by(&edited, &score(&mut m.app).await);
+
+    // Act
+    let back = m
+        .models
+        .reload_model(ReloadModelRequest {
+            path: "built-in".into(),
+        })
+        .await
+        .expect("reload succeeds")
+        .into_inner();
+
+    // Assert: the shipped artifact serves, named built-in, and a reload
+    // without a path now reloads it (no file to read).
+    let shipped = artifact_json();
+    assert!(back.changed);
+    assert_eq!(back.path, "built-in");
+    assert_eq!(back.version, version_of(&shipped));
+    assert_eq!(get_model(&mut m.models).await.path, "built-in");
+    assert_scored_by(&shipped, &score(&mut m.app).await);
+    let again = reload(&mut m.models).await.expect("reload succeeds");
+    assert!(!again.changed);
+    assert_eq!(again.path, "built-in");
+    m.app.stop().await;
+}
+
+#[tokio::test]
 async fn the_watch_swaps_in_a_changed_file_without_any_call() {
     // Arrange: look at the file every second.
     let mut m = spawn_with_model_copy(1).await;
@@ -728,7 +761,7 @@ async fn the_last_refusal_is_shown_to_admin_keys_only() {
         roles: vec![role],
     };
     let settings = Settings {
-        model: path.clone(),
+        model: Some(path.clone()),
         model_watch_secs: 0,
         auth: rung::config::AuthSettings {
             keys: vec![key("ops", Role::Admin), key("dash", Role::Audiences)],

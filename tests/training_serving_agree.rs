@@ -119,7 +119,7 @@ async fn a_model_with_interactions_scores_on_the_server_as_computed_by_hand() {
     let path = dir.path().join("pairwise.json");
     std::fs::write(&path, serde_json::to_string(&artifact).unwrap()).unwrap();
     let mut app = spawn_app_with(Settings {
-        model: path,
+        model: Some(path),
         ..test_settings()
     })
     .await;

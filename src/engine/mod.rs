@@ -210,7 +210,7 @@ impl Engine {
             .store
             .announce_model(
                 swap.current.version(),
-                &swap.current.path,
+                swap.current.source.as_path(),
                 swap.current.loaded_at,
             )
             .await
@@ -531,7 +531,7 @@ fn log_swap(swap: &Swap, trigger: &'static str) {
         model_version = swap.current.version(),
         previous_version = swap.previous.version(),
         changed = swap.changed(),
-        path = %swap.current.path.display(),
+        model = %swap.current.source,
         trigger,
         "model swapped in"
     );

@@ -502,11 +502,11 @@ pub fn model_response(state: &ModelState) -> proto::GetModelResponse {
         trained_at: card.trained_at.map(to_timestamp),
         description: card.description.clone(),
         taxonomy_fingerprint: card.taxonomy_fingerprint.clone(),
-        path: d.path.display().to_string(),
+        path: d.source.as_path().display().to_string(),
         loaded_at: Some(to_timestamp(d.loaded_at)),
         horizon_days: card.horizon_days,
         last_refusal: state.last_refusal.as_deref().map(|r| proto::ModelRefusal {
-            path: r.path.display().to_string(),
+            path: r.model.as_path().display().to_string(),
             at: Some(to_timestamp(r.at)),
             reason: r.reason.clone(),
         }),
@@ -518,7 +518,7 @@ pub fn reload_response(swap: &Swap) -> proto::ReloadModelResponse {
         version: swap.current.version().to_string(),
         previous_version: swap.previous.version().to_string(),
         changed: swap.changed(),
-        path: swap.current.path.display().to_string(),
+        path: swap.current.source.as_path().display().to_string(),
         loaded_at: Some(to_timestamp(swap.current.loaded_at)),
     }
 }

@@ -38,7 +38,7 @@ pub fn fresh_data_dir() -> PathBuf {
 pub fn test_settings() -> Settings {
     Settings {
         listen: "127.0.0.1:0".parse().unwrap(),
-        model: model_path(),
+        model: Some(model_path()),
         data_dir: fresh_data_dir(),
         // Port 0: tests run side by side, each with its own metrics port.
         metrics_listen: "127.0.0.1:0".into(),
