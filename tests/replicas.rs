@@ -11,12 +11,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::process::{serve_command, ServeProcess};
 use common::redis::{shared_cluster, shared_server, unique_prefix, RedisServer};
 use common::*;
 use rung::config::Settings;
@@ -645,7 +644,7 @@ async fn a_replica_started_after_a_reload_follows_it_unless_its_own_file_is_newe
         .unwrap();
     let d = spawn_app_with(Settings {
         data_dir: fresh_data_dir(),
-        model: newer.clone(),
+        model: Some(newer.clone()),
         ..settings
     })
     .await;
@@ -669,67 +668,16 @@ async fn a_replica_started_after_a_reload_follows_it_unless_its_own_file_is_newe
 // 7. A replica killed mid-ingestion
 // ---------------------------------------------------------------------------
 
-/// `rung serve` as a separate process on a shared Redis; SIGKILLed on drop,
-/// so a failing test leaves no server behind.
-struct ServeProcess {
-    child: Child,
-    addr: String,
-}
-
-impl ServeProcess {
-    /// Starts the binary and waits (blocking) for its "serving" log line.
-    fn start(url: &str, prefix: &str) -> ServeProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_rung"))
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-            .args(["--metrics-listen", "127.0.0.1:0"])
-            .args(["--store-url", url])
-            .env("RUNG_STORE__KEY_PREFIX", prefix)
-            .env("RUNG_DATA_DIR", fresh_data_dir())
-            // The tests write their model variants in temporary folders.
-            .env("RUNG_MODEL_DIR", std::env::temp_dir())
-            .env_remove("RUNG_CONFIG")
-            .env_remove("RUNG_STORE__URL")
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("rung starts");
-        let (tx, rx) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            // Keeps reading after the line is found, so the pipe never fills.
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let _ = tx.send(line);
-            }
-        });
-        let mut said = Vec::new();
-        let serving = loop {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) if line.contains("\"serving\"") => break line,
-                Ok(line) => said.push(line),
-                Err(e) => panic!("no \"serving\" line ({e}); the server said:\n{said:#?}"),
-            }
-        };
-        let log: serde_json::Value = serde_json::from_str(&serving).unwrap();
-        let addr = log["addr"]
-            .as_str()
-            .expect("addr in the log line")
-            .to_string();
-        ServeProcess { child, addr }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// `rung serve` as a separate process on the shared Redis at `url`.
+fn serve_process(url: &str, prefix: &str) -> ServeProcess {
+    let mut cmd = serve_command();
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args(["--store-url", url])
+        .env("RUNG_STORE__KEY_PREFIX", prefix)
+        .env("RUNG_DATA_DIR", fresh_data_dir())
+        // The tests write their model variants in temporary folders.
+        .env("RUNG_MODEL_DIR", std::env::temp_dir());
+    ServeProcess::start(cmd)
 }
 
 const KILL_AFTER: usize = 400;
@@ -740,7 +688,7 @@ async fn a_replica_killed_mid_ingestion_loses_nothing_it_acknowledged() {
     // its own under 8 writers, replica B in this process.
     let redis = tokio::task::block_in_place(RedisServer::start);
     let prefix = unique_prefix();
-    let mut replica_a = tokio::task::block_in_place(|| ServeProcess::start(&redis.url(), &prefix));
+    let mut replica_a = tokio::task::block_in_place(|| serve_process(&redis.url(), &prefix));
     let mut b = spawn_app_with(redis_settings(&redis.url(), &prefix)).await;
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let now = now_secs();

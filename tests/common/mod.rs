@@ -1,6 +1,7 @@
 //! Test helpers: the real server on an ephemeral port, and a real client.
 #![allow(dead_code)]
 pub mod cli;
+pub mod process;
 pub mod redis;
 
 use std::net::SocketAddr;
