@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::cli::{ok, rung, s, scratch};
+use common::python::python;
 use rung::domain::Taxonomy;
 use rung::training::eventlog::{self, Preset};
 use rung::training::examples::Cutoffs;
@@ -120,23 +121,6 @@ fn k_fold_exports_name_each_examples_fold_and_keep_a_visitor_in_one() {
         assert_eq!(first, fold, "visitor {} in two folds", &row[0]);
     }
     assert_eq!(folds.into_iter().collect::<Vec<_>>(), [0, 1, 2, 3]);
-}
-
-/// The Python environment `scripts/python-env.sh` keeps under target/.
-fn python() -> PathBuf {
-    let out = Command::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/scripts/python-env.sh"
-    ))
-    .output()
-    .expect("scripts/python-env.sh runs");
-    assert!(
-        out.status.success(),
-        "scripts/python-env.sh: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let path = String::from_utf8(out.stdout).unwrap();
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path.trim())
 }
 
 /// "ROC AUC: scikit-learn 0.8034, rung 0.8034" → (0.8034, 0.8034).

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 pub mod cli;
 pub mod process;
+pub mod python;
 pub mod redis;
 
 use std::net::SocketAddr;
