@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::cli::{ok, scratch};
+use common::cli::{ok, s, scratch, simulated_log};
 use common::process::{rung_command, serve_command, ServeProcess};
 use common::*;
 use rung::grpc::proto::intent_service_client::IntentServiceClient;
@@ -165,4 +165,30 @@ async fn the_segment_cli_reads_a_stopped_store_from_where_rung_ran() {
     let rows = ok(&out);
     assert_eq!(rows.lines().count(), 1, "{rows}");
     assert!(rows.contains("v-abandoner"), "{rows}");
+}
+
+#[test]
+fn evaluate_and_suggest_ladder_take_the_built_in_model_by_name() {
+    // From an empty folder, `built-in` is the model in the binary: the same
+    // answers as the repository's models/default.json file.
+    let here = scratch("offline-built-in");
+    let log = simulated_log(&here, "300", "3");
+    let file = model_path();
+    let run = |model: &str, args: &[&str]| {
+        let out = rung_command()
+            .current_dir(&here)
+            .args(args)
+            .args(["--model", model])
+            .output()
+            .unwrap();
+        ok(&out)
+    };
+    for args in [
+        &["evaluate", "--events", s(&log)][..],
+        &["suggest-ladder"][..],
+    ] {
+        let built_in = run("built-in", args);
+        assert_eq!(built_in, run(s(&file), args), "{args:?}");
+        assert!(built_in.contains(artifact_json()["version"].as_str().unwrap()));
+    }
 }
