@@ -38,9 +38,14 @@ enum Command {
         /// Log format [default: human].
         #[arg(long, value_enum)]
         log_format: Option<LogFormat>,
-        /// Where the embedded store keeps its file [default: ./data].
+        /// Where the embedded store keeps its file, from the working directory
+        /// [default: ./data].
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// A model artifact to serve, or `built-in` [default: the model built
+        /// into the binary; setting model].
+        #[arg(long)]
+        model: Option<PathBuf>,
         /// A shared Redis (redis://… or rediss://…; several, comma-separated,
         /// for a Redis Cluster) instead of the embedded store [setting
         /// store.url].
@@ -106,6 +111,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             log_format,
             data_dir,
+            model,
             store_url,
             metrics_listen,
         } => {
@@ -118,6 +124,9 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(d) = data_dir {
                 settings.data_dir = d;
+            }
+            if model.is_some() {
+                settings.model = model;
             }
             if let Some(url) = store_url {
                 settings.store.url = url;

@@ -192,3 +192,24 @@ fn evaluate_and_suggest_ladder_take_the_built_in_model_by_name() {
         assert!(built_in.contains(artifact_json()["version"].as_str().unwrap()));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_a_model_file_relative_to_where_it_runs() {
+    let here = scratch("serve-model-flag");
+    let mut artifact = artifact_json();
+    artifact["version"] = "a-shops-own".into();
+    std::fs::create_dir(here.join("models")).unwrap();
+    std::fs::write(here.join("models/shop.json"), artifact.to_string()).unwrap();
+    let mut cmd = serve_command();
+    cmd.current_dir(&here).args(["--model", "models/shop.json"]);
+    let server = tokio::task::block_in_place(|| ServeProcess::start(cmd));
+
+    let model = ModelServiceClient::new(connect(&server).await)
+        .get_model(GetModelRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    assert_eq!(model.version, "a-shops-own");
+    assert_eq!(model.path, "models/shop.json");
+}
