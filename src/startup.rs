@@ -344,10 +344,15 @@ impl Application {
         health
             .set_serving::<AudienceServiceServer<AudienceApi>>()
             .await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
+        // Reflection in both versions: grpcurl asks v1 first, while older
+        // tools (and grpcio-reflection's client) ask only v1alpha.
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let reflection = reflection().build_v1()?;
 
         let purge = tokio::spawn(retention_loop(self.engine.clone(), self.purge_every));
         let model_watch = self
@@ -406,6 +411,7 @@ impl Application {
             .layer(edge)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(
                 IntentServiceServer::new(IntentApi::new(self.engine.clone()))
                     .max_decoding_message_size(max_message)

@@ -672,7 +672,39 @@ async fn health_and_reflection_know_the_model_service() {
     assert_eq!(fd.name(), "rung/v1/model.proto");
     let methods: Vec<&str> = fd.service[0].method.iter().map(|m| m.name()).collect();
     assert_eq!(methods, ["GetModel", "ReloadModel"]);
+    // Each version lists itself as the reflection service; the rest agree.
+    let not_reflection = |n: &&String| !n.starts_with("grpc.reflection.");
+    let v1alpha = v1alpha_services(&m.app.channel).await;
+    assert!(v1alpha.contains(&"grpc.reflection.v1alpha.ServerReflection".to_string()));
+    assert_eq!(
+        v1alpha.iter().filter(not_reflection).collect::<Vec<_>>(),
+        names.iter().filter(not_reflection).collect::<Vec<_>>()
+    );
     m.app.stop().await;
+}
+
+/// The services reflection's older version (v1alpha) lists, which tools
+/// that predate v1 ask for.
+async fn v1alpha_services(channel: &Channel) -> Vec<String> {
+    use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(vec![ask]))
+        .await
+        .expect("v1alpha reflection answers")
+        .into_inner();
+    match stream.message().await.unwrap().unwrap().message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => {
+            list.service.into_iter().map(|s| s.name).collect()
+        }
+        other => panic!("expected a service list, got {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -21,10 +21,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-# rung (tonic-reflection's build_v1) serves only grpc.reflection.v1, while
-# grpcio-reflection's client speaks v1alpha. The two versions' messages are
-# the same on the wire (same fields, same numbers), so the v1alpha message
-# classes are used unchanged and only the method path is v1's.
+# grpcurl asks grpc.reflection.v1 (rung serves it and v1alpha), while
+# grpcio-reflection's client speaks only v1alpha. The two versions' messages
+# are the same on the wire (same fields, same numbers), so the v1alpha
+# message classes are used unchanged and only the method path is v1's: the
+# README's commands are checked against the version grpcurl uses.
 REFLECTION_V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 
 
