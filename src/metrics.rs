@@ -56,6 +56,7 @@ pub struct Metrics {
     model_shown: Mutex<Option<String>>,
     pub store_visitors: Gauge,
     pub store_errors: Family<KindLabels, Counter>,
+    pub model_announcements: Family<OutcomeLabels, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -129,6 +130,12 @@ impl Metrics {
             "Store operations that failed, by kind",
             store_errors.clone(),
         );
+        let model_announcements = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "rung_model_announcements",
+            "Models other replicas announced, by outcome: followed, ignored (this replica serves it or a newer artifact), refused",
+            model_announcements.clone(),
+        );
         Metrics {
             registry,
             rpc_requests,
@@ -140,6 +147,7 @@ impl Metrics {
             model_shown: Mutex::new(None),
             store_visitors,
             store_errors,
+            model_announcements,
         }
     }
 

@@ -1088,25 +1088,6 @@ async fn another_content_type_gets_415_and_garbage_bytes_invalid_argument() {
 
 // ------------------------------------------------------------- metrics
 
-/// `GET /metrics`, as `name{labels}` → value.
-async fn scrape(addr: SocketAddr) -> HashMap<String, f64> {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: rung\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await.unwrap();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 #[tokio::test]
 async fn metrics_count_calls_by_code_events_by_outcome_and_show_the_model() {
     let server = spawn_server(keyed_settings()).await;

@@ -649,14 +649,27 @@ async fn a_replica_started_after_a_reload_follows_it_unless_its_own_file_is_newe
     })
     .await;
 
-    // Assert: C catches up with A; D keeps the newer file it was given.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while serving_version(&c).await != "reloaded-on-a" {
-        assert!(Instant::now() < deadline, "C never followed A's reload");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // D has heard the same note by the time C has; give it the same chance.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Assert: C catches up with A; D, once it has weighed the same note,
+    // keeps the newer file it was given.
+    until("C follows A's reload", Duration::from_secs(20), || async {
+        (serving_version(&c).await == "reloaded-on-a").then_some(())
+    })
+    .await;
+    let announcements =
+        |outcome: &str| format!("rung_model_announcements_total{{outcome=\"{outcome}\"}}");
+    until(
+        "D weighs A's announcement",
+        Duration::from_secs(20),
+        || async {
+            let m = scrape(d.metrics()).await;
+            m.get(&announcements("ignored"))
+                .filter(|n| **n >= 1.0)
+                .map(drop)
+        },
+    )
+    .await;
+    let on_c = scrape(c.metrics()).await;
+    assert_eq!(on_c.get(&announcements("followed")), Some(&1.0));
     assert_eq!(serving_version(&d).await, "deployed-later");
     assert_eq!(serving_version(&a).await, "reloaded-on-a");
     for app in [a, c, d] {

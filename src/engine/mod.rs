@@ -18,7 +18,7 @@ use crate::deploy::{
 };
 use crate::domain::event::sort_by_time;
 use crate::domain::{Event, Millis, NewEvent, Stage, StoredEvent, Taxonomy, VisitorId};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::scoring::{self, rebuild, Band, Ladder, Model, Observation};
 use crate::store::{ModelNote, Standing, Store, StoreError, VisitorRecord};
 
@@ -233,12 +233,23 @@ impl Engine {
     /// older reload; a replica started after a reload, on an older file,
     /// follows it).
     pub fn follow_model(&self, note: &ModelNote) -> Result<Option<Swap>, EngineError> {
+        let outcome = |o| {
+            self.metrics
+                .model_announcements
+                .get_or_create(&OutcomeLabels { outcome: o })
+                .inc();
+        };
         let serving = self.model.current();
         if serving.version() == note.version || serving.written_at() > note.loaded_at {
+            outcome("ignored");
             return Ok(None);
         }
-        let swap = self.model.reload(Some(&note.path))?;
+        let swap = self
+            .model
+            .reload(Some(&note.path))
+            .inspect_err(|_| outcome("refused"))?;
         self.swapped(&swap, "announced by another replica");
+        outcome("followed");
         Ok(Some(swap))
     }
 

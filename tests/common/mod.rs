@@ -68,6 +68,11 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// Where `GET /metrics` answers.
+    pub fn metrics(&self) -> SocketAddr {
+        self.server.metrics.expect("test settings serve metrics")
+    }
+
     /// Stops the server and waits for it to finish.
     pub async fn stop(self) {
         self.server.stop().await
@@ -193,4 +198,24 @@ where
             "{what}: not within {limit:?}"
         );
     }
+}
+
+/// `GET /metrics`, as `name{labels}` → value.
+pub async fn scrape(addr: SocketAddr) -> std::collections::HashMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: rung\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_string(), v.parse().ok()?))
+        })
+        .collect()
 }
