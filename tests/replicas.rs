@@ -12,7 +12,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::process::{serve_command, ServeProcess};
@@ -28,7 +27,6 @@ use rung::grpc::proto::{
     GetVisitorResponse, ListSegmentsRequest, PutSegmentRequest, ReloadModelRequest, ScoreRequest,
     ScoreResponse, SegmentMember, TrackRequest, TrackResponse,
 };
-use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -549,7 +547,7 @@ async fn a_model_reloaded_on_one_replica_is_followed_by_the_other(url: String) {
     .await;
     let before = score(&mut b, "dee", now).await;
     let mut models_a = ModelServiceClient::new(a.channel.clone());
-    let mut models_b = ModelServiceClient::new(b.channel.clone());
+    let models_b = ModelServiceClient::new(b.channel.clone());
 
     // Act
     let reloaded = models_a
@@ -559,22 +557,18 @@ async fn a_model_reloaded_on_one_replica_is_followed_by_the_other(url: String) {
         .await
         .expect("reload on A")
         .into_inner();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let on_b = loop {
-        let m = models_b
-            .get_model(GetModelRequest {})
-            .await
-            .expect("GetModel on B")
-            .into_inner();
-        if m.version == "replicated-1" {
-            break m;
+    let on_b = until("B follows A's reload", Duration::from_secs(20), || {
+        let mut models_b = models_b.clone();
+        async move {
+            let m = models_b
+                .get_model(GetModelRequest {})
+                .await
+                .expect("GetModel on B")
+                .into_inner();
+            (m.version == "replicated-1").then_some(m)
         }
-        assert!(
-            Instant::now() < deadline,
-            "B never followed A's reload; B serves {m:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let after_b = score(&mut b, "dee", now).await;
     let after_a = score(&mut a, "dee", now).await;
 
@@ -703,11 +697,12 @@ async fn a_replica_killed_mid_ingestion_loses_nothing_it_acknowledged() {
     let prefix = unique_prefix();
     let mut replica_a = tokio::task::block_in_place(|| serve_process(&redis.url(), &prefix));
     let mut b = spawn_app_with(redis_settings(&redis.url(), &prefix)).await;
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    // Each acknowledged visitor, as it is acknowledged.
+    let (acks, mut acknowledged) = tokio::sync::mpsc::unbounded_channel::<String>();
     let now = now_secs();
     let writers: Vec<_> = (0..8)
         .map(|w| {
-            let acked = acked.clone();
+            let acks = acks.clone();
             let addr = replica_a.addr.clone();
             tokio::spawn(async move {
                 let mut client = IntentServiceClient::connect(format!("http://{addr}"))
@@ -724,7 +719,7 @@ async fn a_replica_killed_mid_ingestion_loses_nothing_it_acknowledged() {
                         events,
                     };
                     match client.track(req).await {
-                        Ok(_) => acked.lock().unwrap().push(visitor),
+                        Ok(_) => acks.send(visitor).expect("the test listens"),
                         Err(_) => break,
                     }
                 }
@@ -732,17 +727,24 @@ async fn a_replica_killed_mid_ingestion_loses_nothing_it_acknowledged() {
         })
         .collect();
 
+    drop(acks);
     // Act: once enough writes are acknowledged, SIGKILL A mid-stream.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while acked.lock().unwrap().len() < KILL_AFTER {
-        assert!(Instant::now() < deadline, "ingestion too slow to test");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let mut acked = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while acked.len() < KILL_AFTER {
+            acked.push(acknowledged.recv().await.expect("writers run"));
+        }
+    })
+    .await
+    .expect("ingestion too slow to test");
     tokio::task::block_in_place(|| replica_a.kill());
     for w in writers {
         w.await.expect("writer");
     }
-    let acked = acked.lock().unwrap().clone();
+    // The writers are done: the channel holds the rest of what A acknowledged.
+    while let Some(visitor) = acknowledged.recv().await {
+        acked.push(visitor);
+    }
 
     // Assert: B holds all 5 events of every visitor A acknowledged.
     let mut missing = Vec::new();

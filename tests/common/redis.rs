@@ -31,6 +31,18 @@ const STARTUP_DEADLINE: Duration = Duration::from_secs(20);
 /// Attempts at a fresh port when another process takes ours between the
 /// moment we find it free and the moment redis binds it.
 const PORT_ATTEMPTS: usize = 5;
+
+/// How long a restart waits for its port to come free before trying again.
+const PORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Blocks until a listener can bind `port` on loopback (as redis-server
+/// will), or [`PORT_WAIT`] has passed; each look is a bind, not a sleep.
+fn wait_until_free(port: u16) {
+    let deadline = Instant::now() + PORT_WAIT;
+    while TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_err() && Instant::now() < deadline {
+        thread::yield_now();
+    }
+}
 /// Redis's cluster bus listens on the client port + 10000.
 const BUS_OFFSET: u16 = 10_000;
 const SHARED_REDIS_PORT: u16 = 6379;
@@ -106,8 +118,8 @@ impl RedisServer {
             match self.spawn_and_wait() {
                 Ok(()) => return,
                 // Something holds our port for a moment (say, a client's
-                // ephemeral port); we cannot move, so wait and try again.
-                Err(f) if f.port_taken => thread::sleep(Duration::from_millis(200)),
+                // ephemeral port); we cannot move, so wait until it is free.
+                Err(f) if f.port_taken => wait_until_free(self.port),
                 Err(f) => self.fail("restart", &f.reason),
             }
         }
