@@ -131,28 +131,6 @@ fn in_sample_log_loss(a: &TableModelArtifact) -> f64 {
     total / rows.len() as f64
 }
 
-/// Equal as JSON, numbers within a relative 1e-15: serde_json, built
-/// without its `float_roundtrip` feature, may read a float back one unit in
-/// the last place away from the one it wrote.
-fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
-            _ => x == y,
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
 #[test]
 fn cross_validated_roc_auc_reaches_the_published_figure_for_logistic_regression() {
     let m = &report().artifact.metrics;
@@ -250,7 +228,7 @@ fn the_artifact_is_written_and_read_back_unchanged() {
     let back = TableModelArtifact::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
 
     let json = |a: &TableModelArtifact| serde_json::to_value(a).unwrap();
-    assert!(same_json(&json(&back), &json(a)));
+    assert_eq!(json(&back), json(a));
     assert_eq!(back.format, "rung.table-model.v1");
     assert_eq!(back.feature_names, a.feature_names);
 }

@@ -537,28 +537,6 @@ fn a_separable_table_ranks_every_held_out_row_correctly() {
     assert!(report.artifact.coefficients[0] > 0.0);
 }
 
-/// Equal as JSON, numbers within a relative 1e-15: serde_json, built
-/// without its `float_roundtrip` feature, may read a float back one unit in
-/// the last place away from the one it wrote.
-fn same_json(a: &serde_json::Value, b: &serde_json::Value) -> bool {
-    use serde_json::Value;
-    match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_f64(), y.as_f64()) {
-            (Some(x), Some(y)) => (x - y).abs() <= 1e-15 * x.abs().max(y.abs()),
-            _ => x == y,
-        },
-        (Value::Array(x), Value::Array(y)) => {
-            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same_json(x, y))
-        }
-        (Value::Object(x), Value::Object(y)) => {
-            x.len() == y.len()
-                && x.iter()
-                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
-        }
-        _ => a == b,
-    }
-}
-
 #[test]
 fn the_artifact_round_trips_through_an_atomic_write_and_predicts_as_fitted() {
     // Arrange
@@ -573,7 +551,7 @@ fn the_artifact_round_trips_through_an_atomic_write_and_predicts_as_fitted() {
 
     // Assert
     let json = |a: &TableModelArtifact| serde_json::to_value(a).unwrap();
-    assert!(same_json(&json(&back), &json(a)));
+    assert_eq!(json(&back), json(a));
     assert_eq!(back.encoding, a.encoding);
     assert_eq!(back.format, "rung.table-model.v1");
     assert_eq!(back.source, "table.csv");
